@@ -1,0 +1,1 @@
+"""interest_migration"""
