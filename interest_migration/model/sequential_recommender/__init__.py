@@ -1,0 +1,3 @@
+from interest_migration.model.sequential_recommender.interestshiftcnn import InterestShiftCNN
+
+__all__ = ["InterestShiftCNN"]

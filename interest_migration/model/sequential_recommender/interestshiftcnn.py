@@ -1,0 +1,322 @@
+r"""
+InterestShiftCNN
+################################################
+
+A shopper's next action either stays in the category they are browsing or *migrates* to
+another one (phones -> phone cases, skin care -> make-up). InterestShiftCNN models that choice
+explicitly instead of leaving it implicit in one big softmax:
+
+* a causal, dilated, residual 1-D CNN reads the recent items, each embedded together with its
+  category, behaviour type (pv/cart/fav/buy) and a log-bucketed time gap when the data has them;
+* three heads read the user state at the last real position:
+
+  - ``p_shift``: probability that the next category differs from the current one (sigmoid);
+  - ``q(c)``: distribution of the next category *given a shift* (softmax over the other categories);
+  - ``s(i)``: item scores, normalised *within* each category, plus a learned recency-aware bonus
+    for items already in the sequence, because shoppers return to what they saw.
+
+* items are scored from the predicted migration:
+
+  .. math::
+
+      \log P(i) = \log P(c_i) + \log P(i \mid c_i), \qquad
+      P(c) = (1 - p_{shift})\,[c = c_{last}] + p_{shift}\, q(c),
+
+  which is a proper distribution over items. The loss is the item negative log-likelihood plus
+  ``lambda_cat`` * category cross-entropy (on shifting steps) plus ``lambda_shift`` * binary
+  cross-entropy of ``p_shift``. Without a category field the model is a plain next-item CNN.
+
+Reference:
+    Fajie Yuan et al. "A Simple Convolutional Generative Network for Next Item Recommendation"
+    in WSDM 2019 (NextItNet: causal dilated residual convolutions).
+    Jiaxi Tang and Ke Wang. "Personalized Top-N Sequential Recommendation via Convolutional
+    Sequence Embedding" in WSDM 2018 (Caser).
+    Pengjie Ren et al. "RepeatNet: A Repeat Aware Neural Recommendation Machine for
+    Session-based Recommendation" in AAAI 2019 (repeat consumption).
+"""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import FeatureSource, FeatureType
+
+_MASKED = -1e9  # finite "minus infinity": keeps log-softmax free of NaN when a row is all masked
+
+
+class CausalConvBlock(nn.Module):
+    """Pre-norm residual block of two causal dilated convolutions (NextItNet style).
+
+    One dropout per block, on the residual branch: dropout masks dominate CPU training time.
+    The input is padded on the left only, so position ``t`` never sees positions after ``t``;
+    RecBole pads sequences on the right, so those pads cannot reach the real positions.
+    """
+
+    def __init__(self, channels, kernel_size, dilation, dropout_prob):
+        super().__init__()
+        self.left_pad = (kernel_size - 1) * dilation
+        self.norm1 = nn.LayerNorm(channels)
+        self.conv1 = nn.Conv1d(channels, channels, kernel_size, dilation=dilation)
+        self.norm2 = nn.LayerNorm(channels)
+        self.conv2 = nn.Conv1d(channels, channels, kernel_size, dilation=dilation)
+        self.dropout = nn.Dropout(dropout_prob)
+
+    def _causal_conv(self, conv, x):
+        # x: [B, L, D] -> [B, L, D]
+        x = F.pad(x.transpose(1, 2), (self.left_pad, 0))
+        return conv(x).transpose(1, 2)
+
+    def forward(self, x):
+        y = self._causal_conv(self.conv1, F.gelu(self.norm1(x)))
+        y = self._causal_conv(self.conv2, F.gelu(self.norm2(y)))
+        return x + self.dropout(y)
+
+
+class InterestShiftCNN(SequentialRecommender):
+    r"""Causal CNN that predicts whether, where and to which item a shopper's interest moves."""
+
+    def __init__(self, config, dataset):
+        super(InterestShiftCNN, self).__init__(config, dataset)
+
+        # load parameters info
+        self.embedding_size = config["embedding_size"]
+        self.kernel_size = config["kernel_size"]
+        self.dilations = list(config["dilations"])
+        self.n_layers = config["n_layers"]
+        self.dropout_prob = config["dropout_prob"]
+        self.conv_padding = config["conv_padding"]
+        self.time_buckets = config["time_buckets"]
+        self.repeat_buckets = min(config["repeat_buckets"], self.max_seq_length)
+        self.lambda_cat = config["lambda_cat"]
+        self.lambda_shift = config["lambda_shift"]
+        self.initializer_range = config["initializer_range"]
+        self.migration_top_k = config["migration_top_k"]
+        self.loss_type = config["loss_type"]
+        self._check_hyper_parameters()
+
+        # optional input features, each used only when the dataset has it
+        self.CATEGORY_FIELD = config["CATEGORY_FIELD"]
+        self.BEHAVIOR_FIELD = config["BEHAVIOR_FIELD"]
+        self.TIME_FIELD = config["TIME_FIELD"]
+        list_suffix = config["LIST_SUFFIX"]
+        self.use_category = self.CATEGORY_FIELD is not None
+        self.use_behavior = bool(config["use_behavior"]) and self._is_inter_field(dataset, self.BEHAVIOR_FIELD)
+        self.use_time = bool(config["use_time_gap"]) and self._is_inter_field(dataset, self.TIME_FIELD)
+        self.BEHAVIOR_SEQ = f"{self.BEHAVIOR_FIELD}{list_suffix}"
+        self.TIME_SEQ = f"{self.TIME_FIELD}{list_suffix}"
+
+        # define layers
+        self.item_embedding = nn.Embedding(self.n_items, self.embedding_size, padding_idx=0)
+        self.item_bias = nn.Parameter(torch.zeros(self.n_items))
+        if self.use_category:
+            item2cat, self.n_categories = self._item_categories(dataset, self.CATEGORY_FIELD)
+            self.register_buffer("item2cat", item2cat)
+            has_items = torch.zeros(self.n_categories, dtype=torch.bool)
+            has_items[item2cat[1:]] = True
+            self.register_buffer("category_has_items", has_items)
+            self.category_embedding = nn.Embedding(self.n_categories, self.embedding_size, padding_idx=0)
+            self.shift_head = nn.Linear(self.embedding_size, 1)
+            self.category_head = nn.Linear(self.embedding_size, self.n_categories)
+        if self.use_behavior:
+            self.behavior_embedding = nn.Embedding(
+                dataset.num(self.BEHAVIOR_FIELD), self.embedding_size, padding_idx=0
+            )
+        if self.use_time:
+            self.time_embedding = nn.Embedding(self.time_buckets, self.embedding_size, padding_idx=0)
+        self.input_norm = nn.LayerNorm(self.embedding_size)
+        self.input_dropout = nn.Dropout(self.dropout_prob)
+        self.blocks = nn.Sequential(
+            *[
+                CausalConvBlock(self.embedding_size, self.kernel_size, dilation, self.dropout_prob)
+                for _ in range(self.n_layers)
+                for dilation in self.dilations
+            ]
+        )
+        self.output_norm = nn.LayerNorm(self.embedding_size)
+        self.repeat_head = nn.Linear(self.embedding_size, self.repeat_buckets)
+
+        # parameters initialization
+        self.apply(self._init_weights)
+        self.logger.info(
+            "InterestShiftCNN inputs: item%s%s%s",
+            f" + category[{self.CATEGORY_FIELD}]" if self.use_category else "",
+            f" + behaviour[{self.BEHAVIOR_FIELD}]" if self.use_behavior else "",
+            f" + time gap[{self.TIME_FIELD}]" if self.use_time else "",
+        )
+        if not self.use_category:
+            self.logger.warning(
+                "InterestShiftCNN: CATEGORY_FIELD is not set, so there is no migration to model: "
+                "falling back to a plain next-item CNN (no p_shift, no category heads)."
+            )
+
+    def _check_hyper_parameters(self):
+        if self.conv_padding != "causal":
+            raise ValueError(
+                f"InterestShiftCNN: conv_padding={self.conv_padding!r} is not supported; only 'causal' "
+                "is, because any other padding lets a position see later items (the targets)."
+            )
+        if not (isinstance(self.kernel_size, int) and self.kernel_size >= 1):
+            raise ValueError(f"InterestShiftCNN: kernel_size must be an integer >= 1, got {self.kernel_size!r}")
+        if not self.dilations or not all(isinstance(d, int) and d >= 1 for d in self.dilations):
+            raise ValueError(f"InterestShiftCNN: dilations must be a list of integers >= 1, got {self.dilations!r}")
+        if not (isinstance(self.n_layers, int) and self.n_layers >= 1):
+            raise ValueError(f"InterestShiftCNN: n_layers must be an integer >= 1, got {self.n_layers!r}")
+        if self.loss_type != "CE":
+            raise ValueError(
+                f"InterestShiftCNN: loss_type={self.loss_type!r} is not supported; it is trained with the "
+                "full-softmax likelihood of its migration mixture (loss_type: CE, train_neg_sample_args: ~)."
+            )
+
+    @staticmethod
+    def _is_inter_field(dataset, field):
+        return field is not None and dataset.field2source.get(field) == FeatureSource.INTERACTION
+
+    @staticmethod
+    def _item_categories(dataset, field):
+        """Category id of every item id (0 = unknown); the first value of a ``token_seq`` field."""
+        if dataset.field2source.get(field) != FeatureSource.ITEM or dataset.field2type[field] not in (
+            FeatureType.TOKEN,
+            FeatureType.TOKEN_SEQ,
+        ):
+            item_fields = [
+                f for f, s in dataset.field2source.items() if s == FeatureSource.ITEM and f != dataset.iid_field
+            ]
+            raise ValueError(
+                f"InterestShiftCNN: CATEGORY_FIELD={field!r} is not a token or token_seq field of the item "
+                f"features of dataset {dataset.dataset_name!r} (loaded item fields: {item_fields or 'none'}); "
+                "add it to load_col['item'] or set CATEGORY_FIELD to one of those fields."
+            )
+        item_feat = dataset.get_item_feature()
+        categories = item_feat[field]
+        if categories.dim() == 2:
+            categories = categories[:, 0]
+        item2cat = torch.zeros(dataset.item_num, dtype=torch.long)
+        item2cat[item_feat[dataset.iid_field]] = categories.long()
+        return item2cat, dataset.num(field)
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Embedding, nn.Linear, nn.Conv1d)):
+            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
+        if isinstance(module, (nn.Linear, nn.Conv1d)) and module.bias is not None:
+            module.bias.data.zero_()
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            module.weight.data[module.padding_idx].zero_()
+        if isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+
+    def _time_gap_buckets(self, timestamps, item_seq_len):
+        """log2-bucketed gap to the previous event; 0 is padding, 1 the first event."""
+        gaps = (timestamps[:, 1:] - timestamps[:, :-1]).clamp(min=0)
+        buckets = 2 + torch.floor(torch.log2(1.0 + gaps)).long()
+        buckets = torch.cat([torch.ones_like(buckets[:, :1]), buckets], dim=1)
+        buckets = buckets.clamp(max=self.time_buckets - 1)
+        positions = torch.arange(timestamps.size(1), device=timestamps.device)
+        return buckets.masked_fill(positions.unsqueeze(0) >= item_seq_len.unsqueeze(1), 0)
+
+    def forward(self, item_seq, item_seq_len, behavior_seq=None, time_seq=None):
+        """User state at the last real position of each sequence: [B, D]."""
+        x = self.item_embedding(item_seq)
+        if self.use_category:
+            x = x + self.category_embedding(self.item2cat[item_seq])
+        if self.use_behavior and behavior_seq is not None:
+            x = x + self.behavior_embedding(behavior_seq)
+        if self.use_time and time_seq is not None:
+            x = x + self.time_embedding(self._time_gap_buckets(time_seq, item_seq_len))
+        x = self.input_dropout(self.input_norm(x))
+        output = self.output_norm(self.blocks(x))
+        return self.gather_indexes(output, item_seq_len - 1)
+
+    def _encode(self, interaction):
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        behavior_seq = interaction[self.BEHAVIOR_SEQ] if self.use_behavior else None
+        time_seq = interaction[self.TIME_SEQ] if self.use_time else None
+        return item_seq, item_seq_len, self.forward(item_seq, item_seq_len, behavior_seq, time_seq)
+
+    def _item_scores(self, seq_output, item_seq, item_seq_len):
+        """Unnormalised item scores [B, n_items]: preference + bias + recency-aware repeat bonus."""
+        scores = seq_output @ self.item_embedding.weight.t() + self.item_bias
+        positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
+        recency = item_seq_len.unsqueeze(1) - 1 - positions  # 0 = last item
+        real = recency >= 0
+        bonus = self.repeat_head(seq_output).gather(1, recency.clamp(0, self.repeat_buckets - 1))
+        scores = scores.scatter_add(1, item_seq, bonus * real)
+        return scores.index_fill(1, torch.zeros(1, dtype=torch.long, device=scores.device), _MASKED)  # padding item
+
+    def _migration(self, seq_output, item_seq, item_seq_len):
+        """(shift logit [B], log P(c) [B, C], masked q-logits [B, C], current category [B])."""
+        current = self.item2cat[item_seq.gather(1, (item_seq_len - 1).unsqueeze(1)).squeeze(1)]
+        shift_logit = self.shift_head(seq_output).squeeze(-1)
+        q_logits = self.category_head(seq_output).masked_fill(~self.category_has_items, _MASKED)
+        q_logits = q_logits.scatter(1, current.unsqueeze(1), _MASKED)  # q is *given a shift*
+        log_p_cat = F.logsigmoid(shift_logit).unsqueeze(1) + F.log_softmax(q_logits, dim=1)
+        log_p_cat = log_p_cat.scatter(1, current.unsqueeze(1), F.logsigmoid(-shift_logit).unsqueeze(1))
+        return shift_logit, log_p_cat, q_logits, current
+
+    def _within_category_log_softmax(self, scores):
+        """log P(i | cat(i)) for every item, vectorised with scatter over categories."""
+        index = self.item2cat.unsqueeze(0).expand_as(scores)
+        cat_max = torch.full(
+            (scores.size(0), self.n_categories), float("-inf"), device=scores.device, dtype=scores.dtype
+        ).scatter_reduce(1, index, scores, reduce="amax")
+        # empty categories keep -inf; no item reads them. The max only stabilises exp().
+        cat_max = torch.where(torch.isfinite(cat_max), cat_max, torch.zeros_like(cat_max)).detach()
+        shifted = scores - cat_max.gather(1, index)
+        cat_sum = torch.zeros_like(cat_max).scatter_add(1, index, shifted.exp())
+        return shifted - cat_sum.clamp(min=torch.finfo(scores.dtype).tiny).log().gather(1, index)
+
+    def _log_probs(self, interaction):
+        """log P(item) for every item [B, n_items], plus the migration terms."""
+        item_seq, item_seq_len, seq_output = self._encode(interaction)
+        scores = self._item_scores(seq_output, item_seq, item_seq_len)
+        if not self.use_category:
+            return F.log_softmax(scores, dim=1), None
+        migration = self._migration(seq_output, item_seq, item_seq_len)
+        log_p_cat = migration[1]
+        log_probs = log_p_cat.gather(1, self.item2cat.unsqueeze(0).expand_as(scores))
+        return log_probs + self._within_category_log_softmax(scores), migration
+
+    def calculate_loss(self, interaction):
+        pos_items = interaction[self.POS_ITEM_ID]
+        log_probs, migration = self._log_probs(interaction)
+        loss = F.nll_loss(log_probs, pos_items)
+        if migration is None:
+            return loss
+        shift_logit, _, q_logits, current = migration
+        target_cat = self.item2cat[pos_items]
+        shifted = (target_cat != current).float()
+        shift_loss = F.binary_cross_entropy_with_logits(shift_logit, shifted)
+        cat_loss = (F.cross_entropy(q_logits, target_cat, reduction="none") * shifted).sum()
+        cat_loss = cat_loss / shifted.sum().clamp(min=1.0)
+        return loss + self.lambda_cat * cat_loss + self.lambda_shift * shift_loss
+
+    def predict(self, interaction):
+        test_item = interaction[self.ITEM_ID]
+        return self.full_sort_predict(interaction).gather(1, test_item.unsqueeze(1)).squeeze(1)
+
+    def full_sort_predict(self, interaction):
+        log_probs, _ = self._log_probs(interaction)
+        return log_probs
+
+    @torch.no_grad()
+    def predict_migration(self, interaction, k=None):
+        """The predicted migration of each user: for export and analysis.
+
+        Returns a dict of tensors: ``p_shift`` [B], ``current_category`` [B] and the ``k`` most
+        likely next categories under the mixture P(c), ``top_categories`` [B, k] (internal
+        category ids of ``CATEGORY_FIELD``) with their ``top_category_probs`` [B, k].
+        """
+        if not self.use_category:
+            raise ValueError("InterestShiftCNN was trained without CATEGORY_FIELD: it predicts no migration.")
+        k = min(k or self.migration_top_k, int(self.category_has_items.sum()))
+        item_seq, item_seq_len, seq_output = self._encode(interaction)
+        shift_logit, log_p_cat, _, current = self._migration(seq_output, item_seq, item_seq_len)
+        top = log_p_cat.topk(k, dim=1)
+        return {
+            "p_shift": torch.sigmoid(shift_logit),
+            "current_category": current,
+            "top_categories": top.indices,
+            "top_category_probs": top.values.exp(),
+        }
