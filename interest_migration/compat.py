@@ -66,6 +66,19 @@ def disable_anomaly_detection() -> None:
     torch.autograd.set_detect_anomaly(False)
 
 
+def restore_numpy_aliases() -> None:
+    """RecBole 1.2.1 code uses ``np.float`` & co., removed in numpy 1.24.
+
+    RecBole re-creates the aliases only inside ``Config.__init__``; a process that unpickles a
+    checkpoint's Config (``load_data_and_model`` in a fresh interpreter) never runs it, and its
+    evaluation then fails with ``module 'numpy' has no attribute 'float'``. Run RecBole's own
+    alias list (it does not use ``self``) once at import.
+    """
+    from recbole.config import Config
+
+    Config.compatibility_settings(None)
+
+
 class UnknownModelError(ValueError):
     """A model name that neither RecBole nor this plugin knows."""
 
@@ -94,3 +107,4 @@ def apply() -> None:
     """Apply every fix; idempotent."""
     patch_torch_load()
     disable_anomaly_detection()
+    restore_numpy_aliases()
