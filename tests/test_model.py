@@ -1,0 +1,164 @@
+"""InterestShiftCNN's contract: shapes, causality, padding, a proper mixture, and that it learns."""
+import logging
+
+import pytest
+import torch
+
+import interest_migration  # noqa: F401
+from interest_migration.model.sequential_recommender import InterestShiftCNN
+from synthetic_data import planted_config, write_planted_dataset
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+
+    root = write_planted_dataset(tmp_path_factory.mktemp("model") / "data")
+    config = Config(model="InterestShiftCNN", dataset="planted", config_dict=planted_config(root))
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    return {"root": root, "config": config, "dataset": dataset, "train": train, "test": test}
+
+
+def _model(planted, seed=0):
+    torch.manual_seed(seed)
+    return InterestShiftCNN(planted["config"], planted["train"].dataset).eval()
+
+
+def _batch(planted, n=32):
+    return next(iter(planted["train"]))[:n]
+
+
+def test_shapes(planted):
+    model, batch = _model(planted), _batch(planted)
+    n_items = planted["dataset"].item_num
+    assert model.full_sort_predict(batch).shape == (len(batch), n_items)
+    assert model.predict(batch).shape == (len(batch),)
+    migration = model.predict_migration(batch)
+    assert migration["p_shift"].shape == (len(batch),)
+    assert migration["top_categories"].shape == (len(batch), 3)
+    assert torch.all((migration["p_shift"] >= 0) & (migration["p_shift"] <= 1))
+    assert model.calculate_loss(batch).dim() == 0
+
+
+def test_uses_every_feature_the_data_has(planted):
+    model = _model(planted)
+    assert model.use_category and model.use_behavior and model.use_time
+    assert model.n_categories == planted["dataset"].num("category_id")
+
+
+def test_causal_later_positions_do_not_change_the_state(planted):
+    model, batch = _model(planted), _batch(planted)
+    seq, length = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    behavior, times = batch[model.BEHAVIOR_SEQ], batch[model.TIME_SEQ]
+    full = (length >= 6).nonzero().squeeze(1)
+    seq, behavior, times = seq[full], behavior[full], times[full]
+    cut = torch.full((len(full),), 4)
+    state = model(seq, cut, behavior, times)
+    changed = seq.clone()
+    changed[:, 4:] = torch.randint(1, model.n_items, changed[:, 4:].shape)
+    times2 = times.clone()
+    times2[:, 4:] += 1e6
+    assert torch.allclose(model(changed, cut, behavior, times2), state, atol=1e-6)
+    # ... while an earlier position does change it
+    changed[:, 2] = (changed[:, 2] % (model.n_items - 1)) + 1
+    assert not torch.allclose(model(changed, cut, behavior, times), state, atol=1e-6)
+
+
+def test_padding_invariance(planted):
+    model, batch = _model(planted), _batch(planted)
+    seq, length = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    behavior, times = batch[model.BEHAVIOR_SEQ], batch[model.TIME_SEQ]
+    pad = lambda t: torch.cat([t, torch.zeros(t.size(0), 7, dtype=t.dtype)], dim=1)  # noqa: E731
+    assert torch.allclose(model(pad(seq), length, pad(behavior), pad(times)), model(seq, length, behavior, times), atol=1e-6)
+
+
+def test_full_sort_predict_equals_predict_on_every_item(planted):
+    model, batch = _model(planted), _batch(planted, n=4)
+    full = model.full_sort_predict(batch)
+    n_items = full.size(1)
+    repeated = batch.repeat_interleave(n_items)
+    repeated.update(type(batch)({model.ITEM_ID: torch.arange(n_items).repeat(len(batch))}))
+    assert torch.allclose(model.predict(repeated).view(len(batch), n_items), full, atol=1e-5)
+
+
+def test_mixture_item_probabilities_sum_to_one(planted):
+    model, batch = _model(planted), _batch(planted)
+    probs = model.full_sort_predict(batch).exp()
+    assert torch.allclose(probs[:, 1:].sum(1), torch.ones(len(batch)), atol=1e-4)
+    assert torch.all(probs[:, 0] < 1e-12)  # the padding item gets no mass
+    migration = model.predict_migration(batch, k=model.n_categories - 1)
+    assert torch.allclose(migration["top_category_probs"].sum(1), torch.ones(len(batch)), atol=1e-4)
+
+
+def test_repeat_bonus_reaches_seen_items_only(planted):
+    model, batch = _model(planted), _batch(planted, n=8)
+    torch.nn.init.zeros_(model.repeat_head.weight)
+    torch.nn.init.constant_(model.repeat_head.bias, 5.0)
+    seq, length = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    state = model(seq, length, batch[model.BEHAVIOR_SEQ], batch[model.TIME_SEQ])
+    with_bonus = model._item_scores(state, seq, length)
+    torch.nn.init.constant_(model.repeat_head.bias, 0.0)
+    without = model._item_scores(state, seq, length)
+    seen = torch.zeros_like(without, dtype=torch.bool).scatter(1, seq, True)
+    seen[:, 0] = False
+    diff = (with_bonus - without)[:, 1:]
+    assert torch.all(diff[seen[:, 1:]] >= 5.0 - 1e-4)
+    assert torch.allclose(diff[~seen[:, 1:]], torch.zeros(1))
+
+
+def test_loss_decreases_and_beats_pop(tmp_path):
+    from recbole.quick_start import load_data_and_model, run_recbole
+
+    root = write_planted_dataset(tmp_path / "data")
+    ours = run_recbole(
+        model="InterestShiftCNN", dataset="planted",
+        config_dict=planted_config(root, epochs=8, stopping_step=8, train_batch_size=64),
+    )
+    pop = run_recbole(model="Pop", dataset="planted", config_dict=planted_config(root))
+    assert ours["test_result"]["ndcg@10"] > 1.5 * pop["test_result"]["ndcg@10"]
+
+    (checkpoint,) = (tmp_path / "saved").glob("InterestShiftCNN-*.pth")
+    config, trained, _, train_data, _, _ = load_data_and_model(str(checkpoint))
+    torch.manual_seed(0)
+    untrained = InterestShiftCNN(config, train_data.dataset)
+    with torch.no_grad():
+        batches = list(train_data)
+        mean_loss = lambda m: sum(float(m.eval().calculate_loss(b)) for b in batches) / len(batches)  # noqa: E731
+        assert mean_loss(trained) < 0.8 * mean_loss(untrained)
+
+
+def test_without_categories_it_is_a_plain_next_item_cnn(planted, caplog):
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+
+    config = Config(
+        model="InterestShiftCNN", dataset="planted", config_dict=planted_config(planted["root"], CATEGORY_FIELD=None)
+    )
+    train, _, _ = data_preparation(config, create_dataset(config))
+    with caplog.at_level(logging.WARNING):
+        model = InterestShiftCNN(config, train.dataset)
+    assert not model.use_category
+    assert "falling back to a plain next-item CNN" in caplog.text
+    batch = next(iter(train))[:8]
+    assert torch.allclose(model.full_sort_predict(batch).exp()[:, 1:].sum(1), torch.ones(8), atol=1e-4)
+    with pytest.raises(ValueError, match="without CATEGORY_FIELD"):
+        model.predict_migration(batch)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"CATEGORY_FIELD": "genre"}, "CATEGORY_FIELD='genre' is not a token or token_seq field"),
+        ({"conv_padding": "same"}, "conv_padding='same' is not supported"),
+        ({"kernel_size": 0}, "kernel_size must be an integer >= 1"),
+        ({"dilations": [1, 0]}, "dilations must be a list of integers >= 1"),
+    ],
+)
+def test_bad_configs_are_clear_errors(planted, override, message):
+    from recbole.config import Config
+
+    config = Config(model="InterestShiftCNN", dataset="planted", config_dict=planted_config(planted["root"], **override))
+    with pytest.raises(ValueError, match=message):
+        InterestShiftCNN(config, planted["train"].dataset)
