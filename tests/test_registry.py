@@ -133,7 +133,7 @@ def test_cli_run_mirrors_run_recbole(tmp_path, model):
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
     out = _cli(
         "run", f"--model={model}", "--dataset=planted", "--config_files=cfg.yaml",
-        f"--data_path={tmp_path / 'data'}", "--topk=[5]", cwd=tmp_path,
+        f"--data_path={tmp_path / 'data'}", "--topk=[5]", "--valid_metric=NDCG@5", cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     log = (out.stdout + out.stderr)
