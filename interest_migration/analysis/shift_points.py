@@ -1,32 +1,44 @@
-"""Where does each user's interest shift? Exact Bayesian segmentation of the category sequence.
+"""Where does each user's interest shift? Bayesian segmentation of the category sequence.
 
-Model (a product-partition model, the same one Bayesian online change-point detection filters):
+Model (a product-partition model, the one Bayesian online change-point detection filters):
 
 - A user's timeline is cut into segments; each event starts a new segment with probability
   ``hazard`` (a geometric prior on segment length with mean ``1 / hazard``).
-- Within a segment, an event repeats the previous event's category with probability
-  ``stickiness`` (shoppers browse a category in runs); otherwise its category comes from the
-  segment's own distribution ``theta ~ Dirichlet(concentration * pi)``, where ``pi`` is the
-  population's category popularity. ``theta`` is integrated out, so event ``t`` of a segment
-  starting at ``s`` has the Pólya-urn predictive probability
-  ``stickiness * [x_t == x_{t-1}] + (1 - stickiness) * (n_{s..t-1}(x_t) + concentration * pi(x_t)) / (t - s + concentration)``
+- Within a segment, event ``t`` repeats the previous event's category with probability
+  ``stickiness`` (shoppers browse a category in runs); otherwise it explores a category drawn from
+  the population's popularity ``pi`` with probability ``exploration``; otherwise its category
+  comes from the segment's own distribution ``theta ~ Dirichlet(concentration * pi)``. ``theta``
+  is integrated out, so for a segment that starts at ``s``::
+
+      P(x_t | x_s..x_{t-1}) = stickiness * [x_t == x_{t-1}]
+          + (1 - stickiness) * (exploration * pi(x_t)
+                                + (1 - exploration) * (n_{s..t-1}(x_t) + concentration * pi(x_t)) / (t - s + concentration))
+
   and the first event of a segment has probability ``pi(x_s)``.
 - Segments shorter than ``min_segment`` events are not allowed (except a whole timeline that
-  short), so a burst of a few exploratory clicks is not called a shift.
+  short), so a burst of a few exploratory clicks is not a shift.
 
-The detector returns the maximum a posteriori segmentation, computed exactly by dynamic
-programming over segment starts (optimal partitioning, Jackson et al. 2005). Cost is quadratic in
-each user's timeline length; users are processed in batches of similar length, with numpy
-arrays over (users × candidate starts), so the only Python loop is over event positions.
+Inference is exact: a forward-backward pass over segment starts gives, for every event, the
+posterior probability that a new segment starts there (:meth:`ShiftPointDetector.shift_probability`).
+Shift points are then decoded for the ``±tolerance`` loss they are judged by: repeatedly take the
+event whose ``±tolerance`` window holds the most posterior mass, while that mass is at least
+``threshold``. Cost is quadratic in each user's timeline length (time and memory); users are
+processed in batches of similar length with numpy arrays over (users × candidate starts), so the
+only Python loops are over event positions within a batch.
 
-Parameters and what they trade:
+Parameters (defaults fitted to the shared Taobao head, see docs/analysis.md):
 
-- ``hazard`` (default 1/50): prior rate of shifts per event. Lower finds fewer, surer shifts.
-- ``concentration`` (default 1.0): how many pseudo-events of population popularity a new segment
-  starts with. Small values let a segment commit to its own categories after a few events.
-- ``stickiness`` (default 0.3): chance of repeating the previous category. It explains runs of one
-  category without calling them shifts; the shared Taobao head repeats on 41% of transitions.
-- ``min_segment`` (default 5): shortest segment, in events.
+- ``hazard`` (1/40): prior rate of shifts per event. Lower finds fewer, surer shifts.
+- ``concentration`` (4): pseudo-events of population popularity a segment starts with. Small
+  values commit to a segment's own categories after a few events (more, earlier detections);
+  large values need more evidence (fewer false alarms, later or missed shifts).
+- ``stickiness`` (0.25): chance of repeating the previous category; explains runs of one category.
+- ``exploration`` (0.3): chance of a one-off category from the population; explains the many
+  categories a shopper visits once (half of a Taobao user's categories) without a shift.
+- ``min_segment`` (5): shortest segment, in events.
+- ``tolerance`` (2) and ``threshold`` (0.5): each reported shift has at least a 50% posterior
+  chance of lying within 2 events of a true one.
+- ``popularity``: the base distribution ``pi``; by default the data's own category frequencies.
 """
 from __future__ import annotations
 
@@ -42,10 +54,10 @@ from interest_migration.analysis.timelines import Timelines
 class ShiftPointDetector:
     """Bayesian segmentation of category sequences; see the module docstring for the model."""
 
-    hazard: float = 1.0 / 80.0
+    hazard: float = 1.0 / 40.0
     concentration: float = 4.0
     stickiness: float = 0.25
-    exploration: float = 0.25
+    exploration: float = 0.3
     min_segment: int = 5
     tolerance: int = 2
     threshold: float = 0.5

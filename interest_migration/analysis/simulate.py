@@ -47,12 +47,12 @@ class MigrationSimulator:
     max_events: int = 2000
     n_categories: int = 3000
     zipf_exponent: float = 1.0
-    mean_segment: float = 40.0
+    mean_segment: float = 25.0
     min_segment: int = 10
-    interests: int = 4
+    interests: int = 3
     interest_concentration: float = 1.0
     stickiness: float = 0.25
-    exploration: float = 0.25
+    exploration: float = 0.3
     days: float = 9.0
     seed: int = 0
 
