@@ -1,0 +1,131 @@
+"""The ``compare`` command on a tiny planted dataset: outputs, resuming, a crashing model, masking."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from interest_migration.cli import main
+from synthetic_data import TINY_MODEL, planted_config, write_planted_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+N_USERS = 60
+
+
+def _config_dir(root: Path) -> Path:
+    cfg = root / "cfg"
+    (cfg / "datasets").mkdir(parents=True)
+    (cfg / "models").mkdir()
+    shutil.copy(REPO / "recbole_configs" / "protocol.yaml", cfg / "protocol.yaml")
+    dataset = {
+        "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
+        "CATEGORY_FIELD": "category_id",
+        "load_col": {"inter": ["user_id", "item_id", "timestamp", "behavior_type"], "item": ["item_id", "category_id"]},
+        "MAX_ITEM_LIST_LENGTH": 20, "train_batch_size": 128, "eval_batch_size": 256, "stopping_step": 1,
+    }
+    (cfg / "datasets" / "planted.yaml").write_text(yaml.safe_dump(dataset))
+    shutil.copy(REPO / "recbole_configs" / "models" / "Pop.yaml", cfg / "models" / "Pop.yaml")
+    (cfg / "models" / "InterestShiftCNN.yaml").write_text(yaml.safe_dump({**TINY_MODEL, "learning_rate": 0.005}))
+    # A model that crashes when RecBole builds it: the comparison must report it, not die.
+    (cfg / "models" / "Broken.yaml").write_text("model_class: InterestShiftCNN\nconv_padding: same\n")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    write_planted_dataset(root / "datasets", n_users=N_USERS)
+    argv = ["compare", "--dataset", "planted", "--models", "Pop", "InterestShiftCNN", "Broken",
+            "--config-dir", str(_config_dir(root)), "--data-path", str(root / "datasets"),
+            "--out", str(root / "results"), "--max-epochs", "1"]
+    rc = main(argv)
+    out = root / "results" / "planted" / "main"
+    finished = {p.relative_to(out).as_posix(): json.loads(p.read_text())["finished"]
+                for p in (out / "runs").glob("*/*-seed*.json") if not p.name.endswith(".spec.json")}
+    return {"rc": rc, "out": out, "argv": argv, "finished": finished, "root": root}
+
+
+def test_writes_every_output(comparison):
+    out = comparison["out"]
+    assert comparison["rc"] == 0
+    for name in ("results.csv", "results.md", "results.json", "metrics.png", "ndcg_vs_train_time.png",
+                 "drift_buckets.png"):
+        assert (out / name).stat().st_size > 0, name
+    table = pd.read_csv(out / "results.csv")
+    assert sorted(zip(table["protocol"], table["model"])) == sorted(
+        (p, m) for p in ("repeats", "novel") for m in ("Pop", "InterestShiftCNN", "Broken"))
+    ok = table[table["model"] != "Broken"]
+    assert ok["ndcg@10"].between(0, 1).all() and (ok["n_test_users"] == N_USERS).all()
+    assert (ok["ndcg@10_ci_low"] <= ok["ndcg@10"]).all() and (ok["ndcg@10"] <= ok["ndcg@10_ci_high"]).all()
+    for column in ("seconds_per_epoch", "train_seconds", "test_eval_seconds", "peak_rss_mb", "n_params"):
+        assert (ok[column] > 0).all(), column
+    info = json.loads((out / "results.json").read_text())
+    assert info["protocols"]["novel"]["exclude_seen_items"] is True
+    assert info["protocols"]["repeats"]["exclude_seen_items"] is False
+    assert set(info["paired_tests"]) == {"repeats", "novel"}
+    assert info["paired_tests"]["novel"]["b"] == "Pop" and info["paired_tests"]["novel"]["n_users"] == N_USERS
+    assert sum(row["users"] for row in info["buckets"]["novel"]["table"]) == N_USERS
+    markdown = (out / "results.md").read_text()
+    assert "## Protocol `repeats`" in markdown and "## Protocol `novel`" in markdown
+
+
+def test_crashed_model_is_a_row_that_says_why(comparison):
+    table = pd.read_csv(comparison["out"] / "results.csv")
+    broken = table[table["model"] == "Broken"]
+    assert (broken["runs_ok"] == 0).all()
+    assert broken["error"].str.contains("conv_padding").all()
+
+
+def test_per_user_metrics_average_to_recbole(comparison):
+    runs = comparison["out"] / "runs"
+    for protocol in ("repeats", "novel"):
+        for model in ("Pop", "InterestShiftCNN"):
+            result = json.loads((runs / protocol / f"{model}-seed2020.json").read_text())
+            users = pd.read_csv(runs / protocol / f"{model}-seed2020.users.csv")
+            assert len(users) == N_USERS and users["user_id"].is_unique
+            for metric in ("ndcg@10", "recall@10", "mrr@20"):
+                assert users[metric].mean() == pytest.approx(result["test"][metric], abs=6e-5)
+
+
+def test_novel_data_keeps_first_interactions_only(comparison):
+    folder = comparison["out"] / "data" / "planted-novel"
+    novel = pd.read_csv(folder / "planted-novel.inter", sep="\t")
+    raw = pd.read_csv(comparison["root"] / "datasets" / "planted" / "planted.inter", sep="\t")
+    pairs = ["user_id:token", "item_id:token"]
+    assert not novel.duplicated(pairs).any()
+    assert len(novel) == len(raw.drop_duplicates(pairs)) < len(raw)
+    first = raw.sort_values("timestamp:float", kind="stable").drop_duplicates(pairs)
+    assert set(map(tuple, novel[pairs + ["timestamp:float"]].values)) == set(
+        map(tuple, first[pairs + ["timestamp:float"]].values))
+
+
+def test_second_run_reuses_finished_runs(comparison):
+    assert main(comparison["argv"]) == 0
+    out = comparison["out"]
+    for key, finished in comparison["finished"].items():
+        assert json.loads((out / key).read_text())["finished"] == finished, f"{key} was run again"
+    assert len(pd.read_csv(out / "results.csv")) == 6
+
+
+def test_exclude_seen_items_masks_every_model_type(tmp_path):
+    """A repeat target can only be found when seen items are not excluded, for general and sequential models."""
+    from interest_migration.experiment import run_model
+
+    root = write_planted_dataset(tmp_path / "data", n_users=N_USERS)
+    raw = pd.read_csv(root / "planted" / "planted.inter", sep="\t")
+    last = raw.groupby("user_id:token").tail(1).set_index("user_id:token")["item_id:token"]
+    history = raw.groupby("user_id:token").apply(lambda g: set(g["item_id:token"].iloc[:-1]))
+    repeat_users = {u for u, item in last.items() if item in history[u]}
+    assert 0 < len(repeat_users) < N_USERS
+    for model, settings in (("Pop", (True,)), ("InterestShiftCNN", (True, False))):
+        found = {}
+        for exclude in settings:
+            config = planted_config(root, epochs=1, exclude_seen_items=exclude, checkpoint_dir=str(tmp_path / "saved"))
+            users = pd.DataFrame(run_model(model, "planted", None, config).per_user).set_index("user_id")
+            found[exclude] = users.loc[sorted(repeat_users), "recall@10"]
+        assert (found[True] == 0).all(), f"{model}: a seen item was ranked"
+        if False in found:  # RecBole never masks sequential models: without exclusion repeats are found
+            assert found[False].sum() > 0, f"{model}: repeat targets never found without masking"
