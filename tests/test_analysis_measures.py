@@ -115,9 +115,20 @@ def test_top_flows_and_daily_migration(tiny):
     assert list(flows["from"]) == ["Apples", "Apples"] and list(flows["to"]) == ["b", "Cheese"]
     assert list(flows["count"]) == [1, 1]
     assert flows["share_of_source"].tolist() == pytest.approx([1 / 3, 1 / 3])
-    daily = transitions.daily_migration(tiny)
+    daily = transitions.migration_per_period(tiny)
     # destinations: day 0: a (u1), b (u2); day 2: b, a; day 3: c.
+    assert [str(d) for d in daily["date"]] == ["1970-01-01", "1970-01-03", "1970-01-04"]
     assert daily["transitions"].tolist() == [2, 2, 1]
     assert daily["migrations"].tolist() == [0, 2, 1]
-    per_day = transitions.flows_per_day(tiny, k=3)
+    per_day = transitions.flows_per_period(tiny, k=3)
     assert per_day.to_numpy().sum() == 3 and per_day.shape == (3, 3)
+    assert per_day.loc[per_day.index[1]].tolist() == [1, 0, 1]  # a→b and b→a on day 2
+    weekly = transitions.migration_per_period(tiny, period="W")
+    assert [str(d) for d in weekly["date"]] == ["1969-12-29"]  # the Monday before 1970-01-01
+    assert weekly["transitions"].tolist() == [5]
+    monthly = transitions.migration_per_period(tiny, period="M", utc_offset_hours=-1)
+    assert [str(d) for d in monthly["date"]] == ["1969-12-01", "1970-01-01"]  # u1's first events move to Dec 31
+    assert transitions.choose_period(tiny) == "D"
+    assert transitions.choose_period(tiny, max_rows=2) == "W" and transitions.choose_period(tiny, max_rows=0) == "Y"
+    yearly = transitions.migration_per_period(tiny, period="Y", utc_offset_hours=-1)
+    assert [str(d) for d in yearly["date"]] == ["1969-01-01", "1970-01-01"]

@@ -116,8 +116,8 @@ def user_timelines(
     return _save(fig, path)
 
 
-def daily_flows(daily: pd.DataFrame, per_day: pd.DataFrame, path: str | Path) -> Path:
-    """Migrations per day with the migration rate, and the largest flows day by day."""
+def daily_flows(daily: pd.DataFrame, per_day: pd.DataFrame, path: str | Path, period: str = "day") -> Path:
+    """Migrations per day (or week, month) with the migration rate, and the largest flows per period."""
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
     x = np.arange(len(daily))
@@ -127,17 +127,18 @@ def daily_flows(daily: pd.DataFrame, per_day: pd.DataFrame, path: str | Path) ->
     rate.plot(x, daily["migration_rate"], color="#c44e52", marker="o", label="migration rate")
     rate.set_ylim(0, 1)
     rate.set_ylabel("share of transitions")
-    top.set_title("Daily migration")
+    top.set_title(f"Migration per {period}")
     top.legend(loc="upper left", fontsize=8)
     rate.legend(loc="upper right", fontsize=8)
     per_day = per_day.reindex(daily["date"]).fillna(0)
     for column in per_day.columns:
         bottom.plot(x, per_day[column].to_numpy(), marker=".", label=_short(column, 40))
-    bottom.set_ylabel("migrations per day")
-    bottom.set_title(f"Top {per_day.shape[1]} flows, per day")
+    bottom.set_ylabel(f"migrations per {period}")
+    bottom.set_title(f"Top {per_day.shape[1]} flows, per {period}")
     if per_day.shape[1]:
         bottom.legend(fontsize=7, ncol=2)
-    bottom.set_xticks(x, [str(d) for d in daily["date"]], rotation=45, fontsize=8)
+    step = max(1, len(x) // 31)
+    bottom.set_xticks(x[::step], [str(d) for d in daily["date"]][::step], rotation=45, fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 

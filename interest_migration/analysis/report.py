@@ -36,7 +36,8 @@ class MigrationAnalysis:
     counts: sp.csr_matrix
     flows: pd.DataFrame
     daily: pd.DataFrame
-    flows_by_day: pd.DataFrame
+    flows_by_period: pd.DataFrame
+    period: str
     shifts: pd.DataFrame
     shift_probability: np.ndarray
     detector: ShiftPointDetector
@@ -68,8 +69,9 @@ def analyze(
     lap("drift")
     counts = transitions.transition_counts(timelines)
     flows = transitions.top_flows(timelines, top_flows)
-    daily = transitions.daily_migration(timelines, utc_offset_hours)
-    by_day = transitions.flows_per_day(timelines, utc_offset_hours, daily_flows)
+    period = transitions.choose_period(timelines, utc_offset_hours)
+    per_period = transitions.migration_per_period(timelines, utc_offset_hours, period)
+    flows_by_period = transitions.flows_per_period(timelines, utc_offset_hours, daily_flows, period)
     lap("transitions")
     probability = detector.shift_probability(timelines)
     shifts = detector.decode(timelines, probability)
@@ -83,7 +85,8 @@ def analyze(
     users.loc[positions.index.to_numpy(), "shift_positions"] = positions.to_numpy()
     lap("user_table")
     window = f"{window_events} events" if window_events is not None else f"{window_seconds / 3600:g} hours"
-    return MigrationAnalysis(timelines, users, counts, flows, daily, by_day, shifts, probability, detector, window, seconds)
+    return MigrationAnalysis(timelines, users, counts, flows, per_period, flows_by_period, period, shifts,
+                             probability, detector, window, seconds)
 
 
 # --------------------------------------------------------------------------- writing
@@ -132,7 +135,8 @@ def write_report(
     chosen = _timeline_users(analysis, timeline_users)
     written["timelines"] = plots.user_timelines(tl, chosen, analysis.shifts, analysis.shift_probability,
                                                 out / "user_timelines.png")
-    written["daily"] = plots.daily_flows(analysis.daily, analysis.flows_by_day, out / "daily_flows.png")
+    written["daily"] = plots.daily_flows(analysis.daily, analysis.flows_by_period, out / "daily_flows.png",
+                                         transitions.PERIODS[analysis.period])
     if calibration is not None:
         predictions, info = calibration
         summary, curves = _calibration_summary(predictions)
@@ -182,7 +186,8 @@ def _report_text(analysis: MigrationAnalysis, title: str, chosen: np.ndarray, ca
     lines += [
         "## Data", "",
         f"- {tl.n_events:,} events of {tl.n_users:,} users ({len(active):,} with events) in {tl.n_categories:,} categories; {span}.",
-        f"- Category names: {'shown' if tl.category_names is not None else 'not in the data (ids shown)'}.",
+        "- Categories are labelled with " + ("their `category_name`." if tl.category_names is not None
+                                             else "the values of the category field (no `category_name` field)."),
     ]
     lines += [f"- {note}" for note in tl.notes]
     lines += [
@@ -206,7 +211,7 @@ def _report_text(analysis: MigrationAnalysis, title: str, chosen: np.ndarray, ca
         "![transition heatmap](transition_heatmap.png)", "",
         f"Top {len(analysis.flows)} flows (`share_of_source`: share of all transitions out of `from`):", "",
         _markdown_table(analysis.flows[["from", "to", "count", "share_of_source"]]) if len(analysis.flows) else "_no flows_",
-        "", "## Migration per day", "",
+        "", f"## Migration per {transitions.PERIODS[analysis.period]}", "",
         _markdown_table(analysis.daily) if len(analysis.daily) else "_no transitions_", "",
         "![daily flows](daily_flows.png)", "",
         "## Shift points", "",

@@ -117,28 +117,37 @@ class ShiftPointDetector:
         tolerance with posterior probability at least ``threshold``.
         """
         tol = self.tolerance
-        mass = probability.copy()
+        mass = np.asarray(probability, dtype=np.float64).copy()
+        index = np.arange(timelines.n_events)
+        user_start = timelines.offsets[timelines.user]
+        lo = np.maximum(index - tol, user_start)  # windows never cross users
+        hi = np.minimum(index + tol + 1, timelines.offsets[timelines.user + 1])
         users, positions, confidence = [], [], []
-        # Window sums within users: pad each user's events so windows never cross users.
-        while True:
+        active = np.flatnonzero(timelines.lengths > 1)
+        while len(active):
+            # Events of the users still searched, as one flat index with a segment per user.
+            lengths = timelines.lengths[active]
+            first = np.repeat(timelines.offsets[active], lengths)
+            events = first + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths))
             cum = np.concatenate([[0.0], np.cumsum(mass)])
-            lo = np.maximum(np.arange(timelines.n_events) - tol, timelines.offsets[timelines.user])
-            hi = np.minimum(np.arange(timelines.n_events) + tol + 1, timelines.offsets[timelines.user + 1])
-            window = cum[hi] - cum[lo]
-            if not len(window):
-                break
-            frame = pd.DataFrame({"user": timelines.user, "window": window})
-            peak = frame.groupby("user")["window"].idxmax()
-            peak = peak[window[peak.to_numpy()] >= self.threshold].to_numpy()
+            window = cum[hi[events]] - cum[lo[events]]
+            starts = np.cumsum(lengths) - lengths
+            best = np.maximum.reduceat(window, starts)
+            is_best = window >= np.repeat(best, lengths)
+            segment = np.repeat(np.arange(len(active)), lengths)
+            _, first_best = np.unique(segment[is_best], return_index=True)  # first argmax per user
+            peak = events[np.flatnonzero(is_best)[first_best]]
+            keep = best >= self.threshold
+            peak, active = peak[keep], active[keep]
             if not len(peak):
                 break
             users.append(timelines.user[peak])
             positions.append(timelines.position[peak])
-            confidence.append(np.minimum(window[peak], 1.0))
+            confidence.append(np.minimum(best[keep], 1.0))
             for shift in range(-tol, tol + 1):
                 cleared = peak + shift
-                ok = (cleared >= lo[peak]) & (cleared < hi[peak])
-                mass[cleared[ok]] = 0.0
+                inside = (cleared >= lo[peak]) & (cleared < hi[peak])
+                mass[cleared[inside]] = 0.0
         if not users:
             return pd.DataFrame({"user": np.zeros(0, np.int64), "position": np.zeros(0, np.int64),
                                  "confidence": np.zeros(0)})

@@ -62,41 +62,62 @@ def top_flows(timelines: Timelines, k: int = 20) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def _days(timestamp: np.ndarray, utc_offset_hours: float) -> np.ndarray:
-    return np.floor((timestamp + utc_offset_hours * 3600.0) / 86400.0).astype(np.int64)
+#: Period codes accepted by :func:`migration_per_period` and :func:`flows_per_period`.
+PERIODS = {"D": "day", "W": "week", "M": "month", "Y": "year"}
 
 
-def daily_migration(timelines: Timelines, utc_offset_hours: float = 0.0) -> pd.DataFrame:
-    """Per calendar day (of the destination event): transitions, migrations and migration rate.
+def _periods(timestamp: np.ndarray, utc_offset_hours: float, period: str) -> np.ndarray:
+    """Start date of the calendar day, week (Monday), month or year holding each timestamp, as datetime64[D]."""
+    if period not in PERIODS:
+        raise ValueError(f"period must be one of {sorted(PERIODS)}, got {period!r}")
+    days = np.floor((timestamp + utc_offset_hours * 3600.0) / 86400.0).astype(np.int64).astype("datetime64[D]")
+    if period == "W":
+        return days - ((days.astype(np.int64) + 3) % 7)  # 1970-01-01 was a Thursday
+    if period in ("M", "Y"):
+        return days.astype(f"datetime64[{period}]").astype("datetime64[D]")
+    return days
 
-    ``utc_offset_hours`` sets the local day boundary (Taobao is UTC+8).
+
+def choose_period(timelines: Timelines, utc_offset_hours: float = 0.0, max_rows: int = 62) -> str:
+    """The finest of day / week / month / year with at most ``max_rows`` distinct periods in the data."""
+    for period in PERIODS:
+        if len(np.unique(_periods(timelines.timestamp, utc_offset_hours, period))) <= max_rows:
+            return period
+    return "Y"
+
+
+def migration_per_period(timelines: Timelines, utc_offset_hours: float = 0.0, period: str = "D") -> pd.DataFrame:
+    """Per calendar day, week, month or year (of the destination event): transitions, migrations and rate.
+
+    ``utc_offset_hours`` sets the local day boundary (Taobao is UTC+8). The ``date`` column holds
+    each period's first day.
     """
     _, dst, switched = _pairs(timelines)
-    day = _days(timelines.timestamp[dst], utc_offset_hours)
-    frame = pd.DataFrame({"day": day, "migrations": switched.astype(np.int64)})
-    daily = frame.groupby("day").agg(transitions=("migrations", "size"), migrations=("migrations", "sum"))
-    daily["migration_rate"] = daily["migrations"] / daily["transitions"]
-    daily.index = pd.to_datetime(daily.index.to_numpy() * 86400, unit="s").date
-    daily.index.name = "date"
-    return daily.reset_index()
+    frame = pd.DataFrame({"date": _periods(timelines.timestamp[dst], utc_offset_hours, period),
+                          "migrations": switched.astype(np.int64)})
+    table = frame.groupby("date").agg(transitions=("migrations", "size"), migrations=("migrations", "sum"))
+    table["migration_rate"] = table["migrations"] / table["transitions"]
+    table.index = table.index.date
+    table.index.name = "date"
+    return table.reset_index()
 
 
-def flows_per_day(timelines: Timelines, utc_offset_hours: float = 0.0, k: int = 5) -> pd.DataFrame:
-    """Daily counts of the ``k`` largest overall flows: one row per day, one column per ``from → to``."""
+def flows_per_period(timelines: Timelines, utc_offset_hours: float = 0.0, k: int = 5, period: str = "D") -> pd.DataFrame:
+    """Counts of the ``k`` largest overall flows per period: one row per period, one column per ``from → to``."""
     src, dst, switched = _pairs(timelines)
-    all_days = np.unique(_days(timelines.timestamp[dst], utc_offset_hours))
+    all_periods = np.unique(_periods(timelines.timestamp[dst], utc_offset_hours, period))
     src, dst = src[switched], dst[switched]
     top = top_flows(timelines, k)
     frame = pd.DataFrame({
-        "day": _days(timelines.timestamp[dst], utc_offset_hours),
+        "date": _periods(timelines.timestamp[dst], utc_offset_hours, period),
         "from_code": timelines.category[src], "to_code": timelines.category[dst],
     })
     frame = frame.merge(top[["from_code", "to_code", "from", "to"]], on=["from_code", "to_code"])
     frame["flow"] = frame["from"].astype(str) + " → " + frame["to"].astype(str)
-    table = frame.pivot_table(index="day", columns="flow", values="from_code", aggfunc="size", fill_value=0)
-    table = table.reindex(all_days, fill_value=0)
+    table = frame.pivot_table(index="date", columns="flow", values="from_code", aggfunc="size", fill_value=0)
+    table = table.reindex(all_periods, fill_value=0)
     order = [f"{a} → {b}" for a, b in zip(top["from"].astype(str), top["to"].astype(str)) if f"{a} → {b}" in table.columns]
     table = table[order]
-    table.index = pd.to_datetime(table.index.to_numpy() * 86400, unit="s").date
+    table.index = pd.DatetimeIndex(table.index).date
     table.index.name = "date"
     return table
