@@ -71,6 +71,7 @@ def test_p_shift_calibration_from_a_trained_checkpoint(tmp_path):
     from recbole.quick_start import run_recbole
 
     from interest_migration.analysis.calibration import load_checkpoint_predictions
+    from interest_migration.checkpoint import UntrustedCheckpointError, convert
 
     _write_shop(tmp_path / "data" / "shop")
     config = {
@@ -86,7 +87,10 @@ def test_p_shift_calibration_from_a_trained_checkpoint(tmp_path):
     run_recbole(model="InterestShiftCNN", dataset="shop", config_dict=config, saved=True)
     checkpoint = next((tmp_path / "saved").glob("*.pth"))
 
-    predictions, info = load_checkpoint_predictions(checkpoint)
+    with pytest.raises(UntrustedCheckpointError):  # RecBole's pickle format runs code: refused by default
+        load_checkpoint_predictions(checkpoint)
+    safe = convert(checkpoint, tmp_path / "shop.safe.pth", trust_pickle=True)
+    predictions, info = load_checkpoint_predictions(safe)
     assert info["model"] == "InterestShiftCNN" and info["split"] == "test"
     expected = _expected_shift_labels(tmp_path / "data" / "shop", max_len=8)
     assert len(predictions) == len(expected) == 90
@@ -99,7 +103,7 @@ def test_p_shift_calibration_from_a_trained_checkpoint(tmp_path):
 
     out = tmp_path / "report"
     assert main(["analyze", "--data-path", str(tmp_path / "data" / "shop"), "--out", str(out),
-                 "--checkpoint", str(checkpoint)]) == 0
+                 "--checkpoint", str(safe)]) == 0
     assert (out / "p_shift_calibration.png").stat().st_size > 0
     summary = pd.read_csv(out / "p_shift_calibration.csv")
     assert summary["predictor"].tolist() == ["InterestShiftCNN p_shift", "historical switch rate"]

@@ -176,24 +176,25 @@ def shift_predictions(model, dataloader, item_categories=None) -> pd.DataFrame:
     return frame
 
 
-def load_checkpoint_predictions(checkpoint: str | Path, split: str = "test") -> tuple[pd.DataFrame, dict]:
-    """Load a RecBole checkpoint of InterestShiftCNN and score ``p_shift`` on its test (or valid) split.
+def load_checkpoint_predictions(
+    checkpoint: str | Path, split: str = "test", *, trust_pickle: bool = False, data_path=None
+) -> tuple[pd.DataFrame, dict]:
+    """Load an InterestShiftCNN checkpoint and score ``p_shift`` on its test (or valid) split.
 
-    Returns the per-interaction predictions and a small info dict (model, dataset, split).
+    Loading goes through :func:`interest_migration.checkpoint.load`: a safe checkpoint always, a
+    RecBole pickle checkpoint only with ``trust_pickle=True``. Returns the per-interaction
+    predictions and a small info dict (model, dataset, split, checkpoint).
     """
-    import interest_migration  # noqa: F401  (compat fixes and model registration)
-    from recbole.quick_start import load_data_and_model
+    from interest_migration import checkpoint as checkpoints
 
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     if split not in ("test", "valid"):
         raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
-    config, model, dataset, _, valid_data, test_data = load_data_and_model(model_file=str(checkpoint))
-    mode = config["eval_args"]["mode"]
+    loaded = checkpoints.load(checkpoint, trust_pickle=trust_pickle, data_path=data_path)
+    mode = loaded.config["eval_args"]["mode"]
     mode = mode.get(split, mode) if isinstance(mode, dict) else mode
     if mode != "full":
         raise ValueError(f"{checkpoint}: calibration needs full-ranking evaluation data (eval_args.mode: full), got {mode!r}")
-    frame = shift_predictions(model, test_data if split == "test" else valid_data)
-    info = {"model": config["model"], "dataset": config["dataset"], "split": split, "checkpoint": str(checkpoint)}
+    frame = shift_predictions(loaded.model, loaded.test_data if split == "test" else loaded.valid_data)
+    info = {"model": loaded.config["model"], "dataset": loaded.config["dataset"], "split": split,
+            "checkpoint": str(checkpoint)}
     return frame, info

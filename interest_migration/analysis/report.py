@@ -269,7 +269,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeline-users", type=int, default=4, help="users drawn with their shift points (default 4)")
     parser.add_argument("--hazard", type=float, default=ShiftPointDetector.hazard, help="prior shift rate per event")
     parser.add_argument("--min-segment", type=int, default=ShiftPointDetector.min_segment, help="shortest segment, in events")
-    parser.add_argument("--checkpoint", help="InterestShiftCNN checkpoint (saved/*.pth): adds the p_shift calibration")
+    parser.add_argument("--checkpoint", help="InterestShiftCNN checkpoint (safe, or RecBole's with --trust-checkpoint): "
+                                             "adds the p_shift calibration")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow a RecBole pickle checkpoint (it can run code); see convert-checkpoint")
+    parser.add_argument("--checkpoint-data-path", help="data_path for a safe checkpoint whose dataset has moved")
     parser.add_argument("--split", default="test", choices=["test", "valid"], help="split scored for calibration")
 
 
@@ -291,7 +295,8 @@ def run(args) -> int:
     if args.checkpoint:
         from interest_migration.analysis.calibration import load_checkpoint_predictions
 
-        calibration = load_checkpoint_predictions(args.checkpoint, args.split)
+        calibration = load_checkpoint_predictions(args.checkpoint, args.split, trust_pickle=args.trust_checkpoint,
+                                                  data_path=args.checkpoint_data_path)
     written = write_report(analysis, out, name, calibration, args.timeline_users, args.top)
     print(f"wrote {written['report']} and {len(written) - 1} other files into {out}/")
     return 0
