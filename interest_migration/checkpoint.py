@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from recbole.config import Config
 
 SAFE_FORMAT = "interest_migration.safe/1"
 
@@ -279,23 +280,18 @@ def _read_safe(path: Path) -> dict:
     return payload
 
 
-def _config_class():
-    from recbole.config import Config
+class StoredConfig(Config):
+    """A ``Config`` whose ``config_dict`` is taken literally and that ignores ``sys.argv``.
 
-    class StoredConfig(Config):
-        """A ``Config`` whose ``config_dict`` is taken literally and that ignores ``sys.argv``.
+    RecBole ``eval``s every string of ``config_dict`` and reads ``--key=value`` from the command
+    line; values read back from a file must do neither.
+    """
 
-        RecBole ``eval``s every string of ``config_dict`` and reads ``--key=value`` from the command
-        line; values read back from a file must do neither.
-        """
+    def _load_variable_config_dict(self, config_dict):
+        return copy.deepcopy(config_dict) if config_dict else dict()
 
-        def _load_variable_config_dict(self, config_dict):
-            return copy.deepcopy(config_dict) if config_dict else dict()
-
-        def _load_cmd_line(self):
-            return dict()
-
-    return StoredConfig
+    def _load_cmd_line(self):
+        return dict()
 
 
 def rebuild_config(model: str, stored: dict, data_path: str | os.PathLike | None = None):
@@ -309,7 +305,7 @@ def rebuild_config(model: str, stored: dict, data_path: str | os.PathLike | None
     stored.pop("model", None)
     if data_path is not None:
         stored["data_path"] = str(data_path)
-    return _config_class()(model=get_model_class(model), dataset=dataset, config_dict=stored)
+    return StoredConfig(model=get_model_class(model), dataset=dataset, config_dict=stored)
 
 
 def _build(path: Path, payload: dict, data_path) -> LoadedCheckpoint:
