@@ -219,6 +219,7 @@ def load_atomic(
         raise FileNotFoundError(f"dataset folder {folder} does not exist")
     inter_path = _find_file(folder, ".inter", required=True)
     inter = _read_atomic(inter_path)
+    inter_types = inter.attrs["types"]
     for column in (user_field, item_field, time_field):
         if column not in inter.columns:
             raise ValueError(
@@ -243,7 +244,7 @@ def load_atomic(
     item_path = _find_file(folder, ".item", required=False)
     if category_field in inter.columns:
         category = inter[category_field]
-        if inter.attrs["types"].get(category_field) == "token_seq":
+        if inter_types.get(category_field) == "token_seq":
             category = _first_token(category)
         if item_path is not None:
             names = _category_names(_read_atomic(item_path), category_field)
