@@ -212,3 +212,21 @@ def test_cli_refuses_pickle_checkpoint_without_trust(export_base, tmp_path, caps
     assert pd.read_csv(out).groupby("user_id").size().max() == 20
     assert cli_main(["export", "--checkpoint", str(pickled), "--out", str(tmp_path / "recs.txt")]) == 2
     assert "cannot tell the format" in capsys.readouterr().err
+
+
+def test_bad_requests_raise_clear_errors(loaded, tmp_path):
+    from interest_migration.export import ExportError, UnknownUsersError
+
+    run = loaded["Pop"]
+    with pytest.raises(UnknownUsersError, match="'nobody': unknown user id"):
+        list(iter_recommendations(run, ["u5", "nobody"], k=5))  # no skipped list: never silent
+    with pytest.raises(ExportError, match="k must be a positive integer"):
+        list(iter_recommendations(run, None, k=0))
+    with pytest.raises(ExportError, match="context must be one of"):
+        list(iter_recommendations(run, None, context="tomorrow"))
+    with pytest.raises(ExportError, match="user list not found"):
+        read_user_ids(tmp_path / "missing.txt")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("u5\nJos\xe9\n".encode("latin-1"))
+    with pytest.raises(ExportError, match="not UTF-8"):
+        read_user_ids(latin1)
