@@ -1,0 +1,413 @@
+"""``serve``: online recommendations over HTTP, from the standard library's threaded server.
+
+Routes (JSON in, JSON out):
+
+* ``POST /events``: one event ``{"user", "item", "behavior"?, "ts"?}``, a list of them, or
+  ``{"events": [...]}``; all or none are accepted. The reply comes after the events are in the
+  event log (see :mod:`interest_migration.serving.event_log` for the fsync policy).
+* ``GET /recommendations/{user}?k=10&exclude_seen=true``
+* ``GET /healthz``, ``GET /metrics`` (request counts by route and status, latency percentiles).
+
+Bad requests get a 4xx reply whose JSON ``error`` says what was wrong; the server keeps serving.
+It binds 127.0.0.1 unless ``--host`` says otherwise: there is no authentication.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+EVENT_KEYS = frozenset({"user", "item", "behavior", "ts"})
+_TRUE, _FALSE = {"1", "true", "yes"}, {"0", "false", "no"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; anything larger is refused with a 4xx, never half-served."""
+
+    max_body_bytes: int = 1 << 20
+    max_events: int = 1000
+    max_k: int = 1000
+    idle_timeout_s: float = 30.0  # a connection that sends nothing for this long is closed
+
+
+class RequestError(Exception):
+    """A client mistake: becomes a 4xx reply with ``message`` as its JSON ``error``."""
+
+    def __init__(self, status: HTTPStatus, message: str, close: bool = False):
+        super().__init__(message)
+        self.status, self.message, self.close = status, message, close
+
+
+class Metrics:
+    """Request counts per route and status, and latency percentiles over a sliding window."""
+
+    def __init__(self, window: int = 10000):
+        self._lock = threading.Lock()
+        self._counts = collections.Counter()
+        self._latencies = collections.defaultdict(lambda: collections.deque(maxlen=window))
+        self.started = time.time()
+
+    def record(self, route: str, status: int, seconds: float) -> None:
+        with self._lock:
+            self._counts[(route, int(status))] += 1
+            self._latencies[route].append(seconds)
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            counts = dict(self._counts)
+            latencies = {route: np.array(values) for route, values in self._latencies.items()}
+        routes = {}
+        for (route, status), n in sorted(counts.items()):
+            routes.setdefault(route, {"count": 0, "by_status": {}})
+            routes[route]["count"] += n
+            routes[route]["by_status"][str(status)] = n
+        for route, values in latencies.items():
+            p50, p90, p99 = np.percentile(values, [50, 90, 99]) * 1000 if len(values) else (0.0, 0.0, 0.0)
+            routes[route]["latency_ms"] = {
+                "p50": round(float(p50), 3),
+                "p90": round(float(p90), 3),
+                "p99": round(float(p99), 3),
+                "window": int(len(values)),
+            }
+        return {
+            "uptime_s": round(time.time() - self.started, 3),
+            "requests": sum(counts.values()),
+            "routes": routes,
+        }
+
+
+def parse_events(body: bytes, limits: Limits) -> list[dict]:
+    """The events of a ``POST /events`` body, shape-checked; the recommender checks the values."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, 4300-digit ints, deep nesting
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not valid JSON: {exc}") from None
+    if isinstance(data, dict) and "events" in data:
+        if set(data) != {"events"} or not isinstance(data["events"], list):
+            raise RequestError(
+                HTTPStatus.BAD_REQUEST, 'a batch must be {"events": [event, ...]} with no other keys'
+            )
+        events = data["events"]
+    elif isinstance(data, list):
+        events = data
+    elif isinstance(data, dict):
+        events = [data]
+    else:
+        raise RequestError(
+            HTTPStatus.BAD_REQUEST,
+            f'expected an event object, a list of events or {{"events": [...]}}, got a JSON {type(data).__name__}',
+        )
+    if not events:
+        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, "no events in the request")
+    if len(events) > limits.max_events:
+        raise RequestError(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            f"too many events in one request: {len(events)} > {limits.max_events}; split the batch",
+        )
+    for index, event in enumerate(events):
+        where = f"event {index}" if len(events) > 1 else "event"
+        if not isinstance(event, dict):
+            raise RequestError(
+                HTTPStatus.BAD_REQUEST, f"{where}: expected a JSON object, got a JSON {type(event).__name__}"
+            )
+        unknown = sorted(set(event) - EVENT_KEYS)
+        if unknown:
+            raise RequestError(
+                HTTPStatus.BAD_REQUEST,
+                f"{where}: unknown field(s) {unknown}; an event has {sorted(EVENT_KEYS)}",
+            )
+    return events
+
+
+class Handler(BaseHTTPRequestHandler):
+    """One connection; keep-alive, JSON replies, a 4xx for every client mistake."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "interest-migration"
+    sys_version = ""
+
+    # set by make_server on a subclass
+    recommender = None
+    limits = Limits()
+    metrics = Metrics()
+
+    def setup(self):
+        self.timeout = self.limits.idle_timeout_s
+        super().setup()
+        # headers and body go out as separate writes: without this, Nagle's algorithm and the
+        # client's delayed ACK hold every reply back by ~40 ms
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    # -------------------------------------------------------------- plumbing
+    def log_message(self, format, *args):  # noqa: A002  (stdlib signature)
+        logger.debug("%s %s", self.address_string(), format % args)
+
+    def _reply(self, status: int, payload: dict, close: bool = False) -> None:
+        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        if close:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self._status = status
+
+    def send_error(self, code, message=None, explain=None):
+        """The stdlib's parser errors (bad request line, headers, method) as JSON, connection closed."""
+        status = HTTPStatus(code)
+        self._reply(status, {"error": message or status.phrase, "status": int(status)}, close=True)
+        self.metrics.record("invalid", status, 0.0)
+
+    def _dispatch(self, route: str, action) -> None:
+        start = time.perf_counter()
+        self._status = 500
+        try:
+            try:
+                action()
+            except RequestError as exc:
+                self._reply(exc.status, {"error": exc.message, "status": int(exc.status)}, close=exc.close)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True
+        except Exception as exc:  # a bug, not the client's fault: say so, keep serving
+            logger.exception("error serving %s %s", self.command, self.path)
+            try:
+                self._reply(500, {"error": f"internal error: {type(exc).__name__}", "status": 500}, close=True)
+            except OSError:
+                self.close_connection = True
+        finally:
+            self.metrics.record(route, self._status, time.perf_counter() - start)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise RequestError(HTTPStatus.LENGTH_REQUIRED, "chunked bodies are not supported; send Content-Length", True)
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise RequestError(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required", True)
+        try:
+            n = int(length)
+            if n < 0:
+                raise ValueError
+        except ValueError:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"Content-Length must be a non-negative integer, got {length!r}", True) from None
+        if n > self.limits.max_body_bytes:
+            raise RequestError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"body of {n} bytes exceeds the limit of {self.limits.max_body_bytes} bytes",
+                True,
+            )
+        body = self.rfile.read(n)
+        if len(body) != n:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"body ended after {len(body)} of {n} bytes", True)
+        return body
+
+    def _route(self):
+        parts = urlsplit(self.path)
+        return parts.path, parse_qs(parts.query, keep_blank_values=True)
+
+    # -------------------------------------------------------------- methods
+    def do_GET(self):
+        path, query = self._route()
+        if path == "/healthz":
+            self._dispatch("GET /healthz", lambda: self._healthz(query))
+        elif path == "/metrics":
+            self._dispatch("GET /metrics", lambda: self._reply(200, self.metrics.snapshot()))
+        elif path.startswith("/recommendations/"):
+            self._dispatch("GET /recommendations", lambda: self._recommendations(path, query))
+        else:
+            self._dispatch("other", lambda: self._not_found(path))
+
+    def do_POST(self):
+        path, _ = self._route()
+        if path == "/events":
+            self._dispatch("POST /events", self._events)
+        else:
+            self._dispatch("other", lambda: self._not_found(path, body=True))
+
+    def _method_not_allowed(self):
+        def refuse():
+            # the body (if any) is not read, so the connection cannot be reused
+            raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"method {self.command} is not allowed here", True)
+
+        self._dispatch("other", refuse)
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _method_not_allowed
+
+    # -------------------------------------------------------------- routes
+    def _not_found(self, path: str, body: bool = False):
+        raise RequestError(
+            HTTPStatus.NOT_FOUND,
+            f"no route {self.command} {path!r}; routes: POST /events, GET /recommendations/{{user}}, "
+            "GET /healthz, GET /metrics",
+            body,
+        )
+
+    def _healthz(self, query):
+        rec = self.recommender
+        self._reply(
+            200,
+            {
+                "status": "ok",
+                "model": rec.config["model"],
+                "dataset": str(rec.config["dataset"]),
+                "users": rec.n_users,
+                "events_logged": rec.event_log.n_events if rec.event_log is not None else None,
+            },
+        )
+
+    def _events(self):
+        body = self._read_body()
+        events = parse_events(body, self.limits)
+        try:
+            seq = self.recommender.observe_many(events)
+        except ValueError as exc:
+            raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None
+        self._reply(200, {"accepted": len(events), "seq": seq})
+
+    def _recommendations(self, path: str, query: dict):
+        raw = path[len("/recommendations/"):]
+        try:
+            user = unquote(raw, errors="strict")
+        except UnicodeDecodeError:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"user id {raw!r} is not percent-encoded UTF-8") from None
+        if not user or "/" in raw:
+            raise RequestError(
+                HTTPStatus.BAD_REQUEST, "expected /recommendations/{user} with one non-empty, percent-encoded user id"
+            )
+        unknown = sorted(set(query) - {"k", "exclude_seen"})
+        if unknown:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"unknown query parameter(s) {unknown}; known: k, exclude_seen")
+        k = _single(query, "k", "10")
+        try:
+            k = int(k)
+        except ValueError:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"k must be an integer, got {k!r}") from None
+        if not 1 <= k <= self.limits.max_k:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"k must be between 1 and {self.limits.max_k}, got {k}")
+        exclude_seen = _single(query, "exclude_seen", "true").lower()
+        if exclude_seen not in _TRUE | _FALSE:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"exclude_seen must be true or false, got {exclude_seen!r}")
+        try:
+            result = self.recommender.recommend(user, k, exclude_seen=exclude_seen in _TRUE)
+        except ValueError as exc:
+            raise RequestError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        self._reply(200, result)
+
+
+def _single(query: dict, name: str, default: str) -> str:
+    values = query.get(name, [default])
+    if len(values) != 1:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"query parameter {name!r} given {len(values)} times")
+    return values[0]
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True  # a stuck client never blocks shutdown
+    request_queue_size = 128
+
+
+def make_server(recommender, host: str = "127.0.0.1", port: int = 0, limits: Limits | None = None) -> Server:
+    """An HTTP server for ``recommender``, bound but not yet serving (``port=0``: any free port)."""
+    handler = type(
+        "BoundHandler",
+        (Handler,),
+        {"recommender": recommender, "limits": limits or Limits(), "metrics": Metrics()},
+    )
+    return Server((host, port), handler)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def configure_parser(parser):
+    parser.add_argument("--checkpoint", required=True, help="model checkpoint (a safe one, see convert-checkpoint)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8080, help="port to bind; 0 picks a free one (default: 8080)")
+    parser.add_argument(
+        "--event-log",
+        default=None,
+        help="append-only log of accepted events, replayed on start (default: <checkpoint>.events.jsonl)",
+    )
+    parser.add_argument(
+        "--fsync",
+        choices=["group", "none"],
+        default="group",
+        help="group: fsync (shared by concurrent requests) before acknowledging; none: flush to the OS only",
+    )
+    parser.add_argument("--data-path", default=None, help="folder holding the dataset, if it moved")
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow a RecBole pickle checkpoint (it can run code): only for files you made yourself",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for scoring (default: 1)")
+    parser.add_argument("--max-batch", type=int, default=64, help="largest micro-batch of recommendations")
+    parser.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes)
+    parser.add_argument("--max-events", type=int, default=Limits.max_events, help="events per POST /events")
+
+
+def run(args) -> int:
+    import torch
+
+    from interest_migration.checkpoint import CheckpointError
+    from interest_migration.serving.event_log import EventLog, EventLogError
+    from interest_migration.serving.online import OnlineRecommender
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(max(1, args.threads))
+    saved_argv, sys.argv = sys.argv, sys.argv[:1]  # RecBole's Config would read our flags as overrides
+    try:
+        recommender = OnlineRecommender.load(
+            args.checkpoint, trust_pickle=args.trust_checkpoint, data_path=args.data_path, max_batch=args.max_batch
+        )
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        sys.argv = saved_argv
+    log_path = args.event_log or f"{args.checkpoint}.events.jsonl"
+    try:
+        recommender.attach_log(EventLog(log_path, recommender.log_header(), fsync=args.fsync == "group"))
+    except (EventLogError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_events=args.max_events)
+    try:
+        server = make_server(recommender, args.host, args.port, limits)
+    except OSError as exc:
+        print(f"error: cannot bind {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    host, port = server.server_address[:2]
+    print(
+        f"serving {recommender.config['model']} on http://{host}:{port} "
+        f"(event log {log_path}, fsync={args.fsync}, {recommender.n_replayed} events replayed)",
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        recommender.close()
+    return 0
