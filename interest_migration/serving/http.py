@@ -152,6 +152,11 @@ class Handler(BaseHTTPRequestHandler):
         # client's delayed ACK hold every reply back by ~40 ms
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def finish(self):
+        super().finish()
+        if self.close_connection and getattr(self, "_unread_input", False):
+            _drain(self.connection)
+
     # -------------------------------------------------------------- plumbing
     def log_message(self, format, *args):  # noqa: A002  (stdlib signature)
         logger.debug("%s %s", self.address_string(), format % args)
@@ -163,6 +168,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         if close:
             self.send_header("Connection", "close")
+            self._unread_input = True
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -171,8 +177,13 @@ class Handler(BaseHTTPRequestHandler):
     def send_error(self, code, message=None, explain=None):
         """The stdlib's parser errors (bad request line, headers, method) as JSON, connection closed."""
         status = HTTPStatus(code)
-        self._reply(status, {"error": message or status.phrase, "status": int(status)}, close=True)
+        if self.request_version == "HTTP/0.9":  # unparsable request line: still answer with a status line
+            self.request_version = "HTTP/1.1"
         self.metrics.record("invalid", status, 0.0)
+        try:
+            self._reply(status, {"error": message or status.phrase, "status": int(status)}, close=True)
+        except OSError:  # the client is gone already
+            self.close_connection = True
 
     def _dispatch(self, route: str, action) -> None:
         start = time.perf_counter()
@@ -226,7 +237,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/healthz":
             self._dispatch("GET /healthz", lambda: self._healthz(query))
         elif path == "/metrics":
-            self._dispatch("GET /metrics", lambda: self._reply(200, self.metrics.snapshot()))
+            self._dispatch("GET /metrics", self._metrics)
         elif path.startswith("/recommendations/"):
             self._dispatch("GET /recommendations", lambda: self._recommendations(path, query))
         else:
@@ -270,6 +281,16 @@ class Handler(BaseHTTPRequestHandler):
             },
         )
 
+    def _metrics(self):
+        sizes = dict(self.recommender.batch_sizes)
+        batches = sum(sizes.values())
+        scoring = {
+            "batches": batches,
+            "mean_batch_size": round(sum(k * n for k, n in sizes.items()) / batches, 3) if batches else None,
+            "max_batch_size": max(sizes, default=None),
+        }
+        self._reply(200, {**self.metrics.snapshot(), "recommend_micro_batches": scoring})
+
     def _events(self):
         body = self._read_body()
         events = parse_events(body, self.limits)
@@ -309,6 +330,26 @@ class Handler(BaseHTTPRequestHandler):
         self._reply(200, result)
 
 
+def _drain(sock, max_bytes: int = 1 << 20, seconds: float = 1.0) -> None:
+    """Half-close, then read what the client is still sending, before the socket is closed.
+
+    Closing a socket with unread input makes the kernel answer with a reset, which can destroy
+    the error reply still on its way (e.g. a 413 for a body we refused to read). Bounded in
+    bytes and time, so a client that keeps sending cannot hold the thread.
+    """
+    deadline = time.monotonic() + seconds
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(0.2)
+        while max_bytes > 0 and time.monotonic() < deadline:
+            chunk = sock.recv(min(max_bytes, 65536))
+            if not chunk:
+                break
+            max_bytes -= len(chunk)
+    except OSError:
+        pass
+
+
 def _single(query: dict, name: str, default: str) -> str:
     values = query.get(name, [default])
     if len(values) != 1:
@@ -319,6 +360,14 @@ def _single(query: dict, name: str, default: str) -> str:
 class Server(ThreadingHTTPServer):
     daemon_threads = True  # a stuck client never blocks shutdown
     request_queue_size = 128
+
+    def handle_error(self, request, client_address):
+        """A client that hangs up mid-reply is routine; anything else is logged with its traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            logger.debug("connection from %s ended: %r", client_address, exc)
+        else:
+            logger.exception("error on a connection from %s", client_address)
 
 
 def make_server(recommender, host: str = "127.0.0.1", port: int = 0, limits: Limits | None = None) -> Server:

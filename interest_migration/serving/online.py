@@ -93,6 +93,13 @@ class OnlineRecommender:
     """
 
     def __init__(self, config, model, dataset, *, batching: bool = True, max_batch: int = 64):
+        from recbole.data.interaction import Interaction
+
+        if not isinstance(dataset.inter_feat, Interaction):
+            raise ValueError(
+                "OnlineRecommender needs the dataset after data_preparation (as run_recbole, "
+                "load_data_and_model and interest_migration.checkpoint.load return it), not create_dataset's"
+            )
         self.config = config
         self.model = model.eval()
         self.dataset = dataset
@@ -115,6 +122,7 @@ class OnlineRecommender:
         self._queue: collections.deque[_Request] = collections.deque()
         self._queue_changed = threading.Condition()
         self._scoring = False  # a caller is running a batch
+        self.batch_sizes: collections.Counter[int] = collections.Counter()  # micro-batch size -> count
 
         self.event_log = None
         self.n_replayed = 0
@@ -357,6 +365,7 @@ class OnlineRecommender:
                     continue
                 self._scoring = True
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
+                self.batch_sizes[len(batch)] += 1
                 self._queue_changed.release()
                 try:
                     self._run_batch(batch)
@@ -518,7 +527,7 @@ def _time_transform(config, model, dataset) -> tuple[float, float]:
     raw_config = copy.deepcopy(config)
     raw_config["normalize_all"] = None
     raw_config["normalize_field"] = None
-    raw = Dataset(raw_config).inter_feat[field]  # the base class: filtered, not augmented
+    raw = np.asarray(Dataset(raw_config).inter_feat[field], dtype=np.float64)  # filtered, not augmented
     low, high = float(raw.min()), float(raw.max())
     logger.info("time field %r is min-max normalised: mapping event timestamps with [%s, %s]", field, low, high)
     return low, (high - low) or 1.0
