@@ -111,16 +111,19 @@ def bench_in_process(config, model, dataset, users, args) -> list[dict]:
         for _ in range(20):  # warm-up
             recommender.recommend(rng.choice(users), args.k)
         latencies, deadline = [], time.perf_counter() + args.seconds
+        cpu_start = time.thread_time()
         while len(latencies) < args.requests and time.perf_counter() < deadline:
             user = rng.choice(users)
             start = time.perf_counter()
             recommender.recommend(user, args.k)
             latencies.append(time.perf_counter() - start)
+        cpu = time.thread_time() - cpu_start
         recommender.close()
         p50, p99 = percentiles(latencies)
         rows.append(
             {"what": f"in-process recommend(), micro-batching {'on' if batching else 'off'}", "clients": 1,
-             "requests": len(latencies), "p50": p50, "p99": p99, "rps": len(latencies) / sum(latencies)}
+             "requests": len(latencies), "p50": p50, "p99": p99, "rps": len(latencies) / sum(latencies),
+             "cpu_ms": cpu * 1000 / len(latencies)}
         )
         print(rows[-1], flush=True)
     return rows
@@ -149,8 +152,12 @@ def start_server(checkpoint: Path, workdir: Path, threads: int):
     raise RuntimeError("server did not start within 300 s")
 
 
-def run_clients(host, port, n_clients, make_request, args) -> dict:
-    """``n_clients`` threads, each with its own keep-alive connection, until the count or time runs out."""
+def run_clients(host, port, n_clients, make_request, args, server=None) -> dict:
+    """``n_clients`` threads, each with its own keep-alive connection, until the count or time runs out.
+
+    ``server`` (a psutil.Process) adds the server's CPU time per request: unlike latency, it
+    does not grow when other jobs compete for the cores.
+    """
     latencies = [[] for _ in range(n_clients)]
     errors = []
     barrier = threading.Barrier(n_clients + 1)
@@ -178,6 +185,7 @@ def run_clients(host, port, n_clients, make_request, args) -> dict:
     threads = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
     for thread in threads:
         thread.start()
+    cpu_before = sum(server.cpu_times()[:2]) if server is not None else 0.0
     stop_at[0] = time.perf_counter() + args.seconds
     start = time.perf_counter()
     barrier.wait()
@@ -186,12 +194,18 @@ def run_clients(host, port, n_clients, make_request, args) -> dict:
     wall = time.perf_counter() - start
     flat = [x for per in latencies for x in per]
     p50, p99 = percentiles(flat)
-    return {"clients": n_clients, "requests": len(flat), "p50": p50, "p99": p99, "rps": len(flat) / wall,
-            "errors": len(errors)}
+    row = {"clients": n_clients, "requests": len(flat), "p50": p50, "p99": p99, "rps": len(flat) / wall,
+           "errors": len(errors)}
+    if server is not None:
+        row["cpu_ms"] = (sum(server.cpu_times()[:2]) - cpu_before) * 1000 / max(len(flat), 1)
+    return row
 
 
 def bench_http(checkpoint, workdir, users, items, args) -> list[dict]:
+    import psutil
+
     proc, host, port = start_server(checkpoint, workdir, args.threads)
+    server = psutil.Process(proc.pid)
     rows = []
     try:
         def recommend(rng):
@@ -203,11 +217,12 @@ def bench_http(checkpoint, workdir, users, items, args) -> list[dict]:
 
         run_clients(host, port, 1, recommend, argparse.Namespace(requests=50, seconds=10))  # warm-up
         for n in args.clients:
-            row = {"what": "HTTP GET /recommendations", **run_clients(host, port, n, recommend, args)}
+            row = {"what": "HTTP GET /recommendations", **run_clients(host, port, n, recommend, args, server)}
             rows.append(row)
             print(row, flush=True)
         for n in sorted({min(args.clients), max(args.clients)}):
-            row = {"what": "HTTP POST /events (1 event, fsync group commit)", **run_clients(host, port, n, event, args)}
+            row = {"what": "HTTP POST /events (1 event, fsync group commit)",
+                   **run_clients(host, port, n, event, args, server)}
             rows.append(row)
             print(row, flush=True)
         conn = http.client.HTTPConnection(host, port, timeout=10)
@@ -228,21 +243,23 @@ def table(rows, args, model, dataset) -> str:
         f"InterestShiftCNN (untrained, default size: {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"MAX_ITEM_LIST_LENGTH {model.max_seq_length}) on amazon-beauty ({dataset.user_num - 1:,} users, "
         f"{dataset.item_num - 1:,} items); k={args.k}; torch threads {args.threads}; "
-        f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python {platform.python_version()}.",
+        f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python {platform.python_version()}; "
+        f"load average {args.load_before:.1f} before and {os.getloadavg()[0]:.1f} after the run.",
         "",
-        "| what | clients | requests | p50 ms | p99 ms | requests/s | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| what | clients | requests | p50 ms | p99 ms | requests/s | CPU ms/request | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
             f"| {row['what']} | {row['clients']} | {row['requests']} | {row['p50']:.2f} | {row['p99']:.2f} | "
-            f"{row['rps']:.0f} | {row.get('errors', 0)} |"
+            f"{row['rps']:.0f} | {row['cpu_ms']:.2f} | {row.get('errors', 0)} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     args = parse_args()
+    args.load_before = os.getloadavg()[0]
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line
     import torch
 

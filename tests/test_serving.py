@@ -118,6 +118,55 @@ def test_scores_equal_the_model_on_recbole_sequences(served):
             )
 
 
+def _untrained(model_name, data_root, **overrides):
+    """config, model, dataset of an untrained RecBole model on the planted data (scores need no training)."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    from interest_migration.compat import get_model_class
+
+    model_class = get_model_class(model_name)
+    config = Config(model=model_class, dataset="planted", config_dict=planted_config(data_root, **overrides))
+    config["model"] = model_name
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, _, test_data = data_preparation(config, dataset)
+    return config, model_class(config, train_data._dataset).eval(), dataset, test_data
+
+
+GENERIC = {
+    "SASRec": {"n_layers": 1, "n_heads": 1, "hidden_size": 16, "inner_size": 32, "loss_type": "CE",
+               "train_neg_sample_args": None},
+    "GRU4Rec": {"hidden_size": 16, "loss_type": "CE", "train_neg_sample_args": None},
+}
+
+
+@pytest.mark.parametrize("model_name", sorted(GENERIC))
+def test_any_recbole_sequential_model_serves(served, model_name):
+    config, model, dataset, test_data = _untrained(model_name, served.data_root, **GENERIC[model_name])
+    rec = OnlineRecommender(config, model, dataset)
+    test_batch = next(iter(test_data))[0]
+    short = int(torch.nonzero(dataset.inter_feat["item_length"] == 3, as_tuple=True)[0][0])
+    rows = [test_batch[0:1], dataset.inter_feat[short : short + 1]]
+    with torch.no_grad():
+        for index, row in enumerate(rows):
+            _observe_row(rec, f"g{index}", dataset, row, int(row["item_length"]))
+            got = rec.recommend(f"g{index}", k=5, exclude_seen=False)
+            scores = model.full_sort_predict(row)[0]
+            scores[0] = -np.inf
+            top = scores.topk(5)
+            assert got["items"] == [str(t) for t in dataset.id2token(dataset.iid_field, top.indices.numpy())]
+            np.testing.assert_allclose(got["scores"], top.values.numpy(), rtol=1e-5, atol=1e-5)
+            assert got["p_shift"] is None and got["next_categories"] is None
+
+
+def test_a_model_without_sequences_is_refused(served):
+    config, model, dataset, _ = _untrained("Pop", served.data_root)
+    with pytest.raises(ValueError, match="Pop is not a sequential model"):
+        OnlineRecommender(config, model, dataset)
+
+
 def test_known_users_start_from_their_latest_events(served):
     rec = _recommender(served)
     inter = served.inter.sort_values(["user_id", "timestamp"], kind="stable")

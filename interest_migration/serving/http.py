@@ -13,6 +13,7 @@ It binds 127.0.0.1 unless ``--host`` says otherwise: there is no authentication.
 """
 from __future__ import annotations
 
+import argparse
 import collections
 import json
 import logging
@@ -404,27 +405,41 @@ def configure_parser(parser):
         action="store_true",
         help="allow a RecBole pickle checkpoint (it can run code): only for files you made yourself",
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for scoring (default: 1)")
-    parser.add_argument("--max-batch", type=int, default=64, help="largest micro-batch of recommendations")
-    parser.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes)
-    parser.add_argument("--max-events", type=int, default=Limits.max_events, help="events per POST /events")
+    parser.add_argument("--threads", type=_positive_int, default=1, help="torch intra-op threads for scoring (default: 1)")
+    parser.add_argument("--max-batch", type=_positive_int, default=64, help="largest micro-batch of recommendations")
+    parser.add_argument(
+        "--max-body-bytes", type=_positive_int, default=Limits.max_body_bytes, help="largest request body (default: 1 MiB)"
+    )
+    parser.add_argument(
+        "--max-events", type=_positive_int, default=Limits.max_events, help="most events in one POST /events (default: 1000)"
+    )
+    parser.add_argument("--max-k", type=_positive_int, default=Limits.max_k, help="largest k a client may ask for")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def run(args) -> int:
     import torch
 
-    from interest_migration.checkpoint import CheckpointError
-    from interest_migration.serving.event_log import EventLog, EventLogError
+    from interest_migration.serving.event_log import EventLog
     from interest_migration.serving.online import OnlineRecommender
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(args.threads)
     saved_argv, sys.argv = sys.argv, sys.argv[:1]  # RecBole's Config would read our flags as overrides
     try:
         recommender = OnlineRecommender.load(
             args.checkpoint, trust_pickle=args.trust_checkpoint, data_path=args.data_path, max_batch=args.max_batch
         )
-    except CheckpointError as exc:
+    except ValueError as exc:  # CheckpointError, or a model that cannot serve online
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -432,10 +447,13 @@ def run(args) -> int:
     log_path = args.event_log or f"{args.checkpoint}.events.jsonl"
     try:
         recommender.attach_log(EventLog(log_path, recommender.log_header(), fsync=args.fsync == "group"))
-    except (EventLogError, ValueError) as exc:
+    except ValueError as exc:  # EventLogError, or an event the model cannot take
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    limits = Limits(max_body_bytes=args.max_body_bytes, max_events=args.max_events)
+    except OSError as exc:
+        print(f"error: cannot open the event log {log_path}: {exc}", file=sys.stderr)
+        return 2
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_events=args.max_events, max_k=args.max_k)
     try:
         server = make_server(recommender, args.host, args.port, limits)
     except OSError as exc:

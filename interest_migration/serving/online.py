@@ -95,6 +95,11 @@ class OnlineRecommender:
     def __init__(self, config, model, dataset, *, batching: bool = True, max_batch: int = 64):
         from recbole.data.interaction import Interaction
 
+        if not hasattr(model, "ITEM_SEQ"):
+            raise ValueError(
+                f"{type(model).__name__} is not a sequential model: it has no history to update online "
+                "(serve a RecBole sequential model, e.g. InterestShiftCNN, SASRec or GRU4Rec)"
+            )
         if not isinstance(dataset.inter_feat, Interaction):
             raise ValueError(
                 "OnlineRecommender needs the dataset after data_preparation (as run_recbole, "
