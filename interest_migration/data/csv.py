@@ -128,7 +128,7 @@ def read_item_table(spec: FieldSpec, path, item, category, sep=",", header=True,
 def convert(input, out_dir, name: str, mapping: Mapping, options: CleaningOptions, *, converter: str = "csv",
             overwrite: bool = False, progress: bool | None = None, partitions: int | None = None,
             fast_dtypes: dict | None = None, n_fields: int | None = None, filters: dict | None = None,
-            notes: list[str] | None = None) -> dict:
+            notes: list[str] | None = None, field_names: dict | None = None) -> dict:
     """Convert one delimited or Parquet file; returns the manifest."""
     path = check_input(input)
     columns = mapping.columns()
@@ -152,7 +152,8 @@ def convert(input, out_dir, name: str, mapping: Mapping, options: CleaningOption
             items, cats, entry = table
             builder.set_item_table(items, cats)
             columns.pop("category", None)
-        canon = Canonicalizer(spec, log, str(path), names={k: str(v) for k, v in columns.items()})
+        names = {k: v if isinstance(v, str) else f"{k} (column {v})" for k, v in columns.items()}
+        canon = Canonicalizer(spec, log, str(path), names=names | (field_names or {}))
         if parquet:
             chunks = _parquet_chunks(path, columns, log, spec)
         else:

@@ -243,7 +243,7 @@ class DelimitedFile:
                 pd.errors.DtypeWarning):
             return None
         frame = frame[positions]
-        if not typed and frame.isna().to_numpy().any():
+        if frame.isna().to_numpy().any():  # short lines, or empty/NaN numbers: let the exact path name them
             return None
         return frame
 

@@ -214,9 +214,6 @@ class DatasetBuilder:
                 rec.tofile(self._spill_path(p))
                 parts.append(None)
         bad_users, bad_items = self._k_core(parts)
-        if not self._has["category"]:
-            raise DataError(f"{self.name}: no category information; the project needs a category per item")
-        item_table = self._final_item_table()
 
         inter_fields = [(atomic.USER_FIELD, "token"), (atomic.ITEM_FIELD, "token"), (atomic.TIME_FIELD, "float")]
         if self._has["behavior"]:
@@ -257,6 +254,9 @@ class DatasetBuilder:
         self._spill_dir.rmdir()
         if kept == 0:
             raise DataError(f"{self.name}: no rows kept out of {log.rows_read} read ({log.summary()})")
+        if not self._has["category"]:
+            raise DataError(f"{self.name}: no category information; the project needs a category per item")
+        item_table = self._final_item_table()
 
         kept_items = pd.concat(item_counts).groupby(level=0).sum().index.to_numpy()
         item_table = item_table.reindex(kept_items)

@@ -29,4 +29,5 @@ def convert(input, out_dir, name: str = "taobao", options: CleaningOptions | Non
     return generic.convert(input, out_dir, name, mapping, options or CleaningOptions(), converter="taobao",
                            overwrite=overwrite, progress=progress, partitions=partitions, fast_dtypes=FAST_DTYPES,
                            n_fields=len(COLUMNS), filters=FILTERS,
+                           field_names=dict(zip(("user", "item", "category", "behavior", "timestamp"), COLUMNS)),
                            notes=[f"source columns: {', '.join(COLUMNS)}; a first line without digits is a header"])
