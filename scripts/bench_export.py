@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,11 +26,14 @@ DATASET = "amazon-beauty"
 
 
 def _rss_mb() -> tuple[float, float]:
-    """(current, peak) resident set size of this process in MiB."""
-    import psutil
+    """(current, peak since the last reset) resident set size of this process in MiB (Linux)."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
 
-    current = psutil.Process().memory_info().rss / 2**20
-    return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def _reset_peak_rss() -> None:
+    """Start a new peak-RSS window: Linux resets VmHWM when 5 is written to clear_refs."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def measure(args) -> dict:
@@ -44,11 +47,12 @@ def measure(args) -> dict:
     start = time.perf_counter()
     loaded = load(args.measure, data_path=args.data_path)
     load_seconds = time.perf_counter() - start
-    rss_loaded, peak_loaded = _rss_mb()
+    rss_loaded, peak_load = _rss_mb()
+    _reset_peak_rss()
     start = time.perf_counter()
     summary = export(loaded, args.export_out, k=args.k, batch_size=args.batch_size, show_progress=False)
     export_seconds = time.perf_counter() - start
-    rss_end, peak = _rss_mb()
+    _, peak_export = _rss_mb()
     users = summary["rows"] // args.k  # every Beauty user has >= 5 interactions: k rows each
     return {
         "model": loaded.config["model"],
@@ -60,8 +64,8 @@ def measure(args) -> dict:
         "export_s": export_seconds,
         "users_per_s": users / export_seconds,
         "rss_after_load_mb": rss_loaded,
-        "peak_rss_before_export_mb": peak_loaded,
-        "peak_rss_mb": peak,
+        "peak_rss_load_mb": peak_load,
+        "peak_rss_export_mb": peak_export,
         "file_mb": Path(args.export_out).stat().st_size / 2**20,
     }
 
@@ -100,19 +104,22 @@ def train_and_convert(model: str, data_root: Path, workdir: Path, epochs: int) -
 
 
 def format_table(rows, args) -> str:
+    trained = (f"Models trained for {args.epochs} epoch(s) only: export cost does not depend on the weights."
+               if not args.checkpoints else "")
     lines = [
         f"Top-{args.k} for every user of Amazon Beauty 5-core, `--batch-size {args.batch_size}`, "
-        f"{args.threads} torch thread(s), CSV output, each export in a fresh process "
-        f"({platform.processor() or platform.machine()}, {platform.python_version()}). "
-        f"Models trained for {args.epochs} epoch(s) only: export cost does not depend on the weights.",
+        f"{args.threads} torch thread(s), CSV output, each model in a fresh process "
+        f"({platform.machine()}, Python {platform.python_version()}). {trained}".rstrip(),
         "",
-        "| model | users | items | load s | export s | users/s | RSS after load MiB | peak RSS MiB | file MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | users | items | load s | export s | users/s | RSS after load MiB | peak RSS load MiB "
+        "| peak RSS export MiB | file MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['users']:,} | {r['items']:,} | {r['load_s']:.1f} | {r['export_s']:.1f} "
-            f"| {r['users_per_s']:,.0f} | {r['rss_after_load_mb']:,.0f} | {r['peak_rss_mb']:,.0f} | {r['file_mb']:.1f} |"
+            f"| {r['users_per_s']:,.0f} | {r['rss_after_load_mb']:,.0f} | {r['peak_rss_load_mb']:,.0f} "
+            f"| {r['peak_rss_export_mb']:,.0f} | {r['file_mb']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -126,6 +133,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: no oversubscription on a shared machine)")
     parser.add_argument("--out", default=None, help="write the Markdown table here too")
+    parser.add_argument("--checkpoints", nargs="+", default=None, help="safe checkpoints to measure (no training)")
+    parser.add_argument("--keep", default=None, help="copy the safe checkpoints it trains into this folder")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # worker mode: a safe checkpoint
     parser.add_argument("--export-out", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -144,11 +153,20 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
         workdir = Path(tmp)
         data_root = prepare_data(args.data_path, workdir)
-        for model in args.models:
-            safe, train_seconds = train_and_convert(model, data_root, workdir, args.epochs)
-            print(f"{model}: trained {args.epochs} epoch(s) in {train_seconds:.0f} s, safe checkpoint {safe}", flush=True)
+        if args.checkpoints:
+            safes = [Path(c).resolve() for c in args.checkpoints]
+        else:
+            safes = []
+            for model in args.models:
+                safe, seconds = train_and_convert(model, data_root, workdir, args.epochs)
+                print(f"{model}: trained {args.epochs} epoch(s) in {seconds:.0f} s, safe checkpoint {safe}", flush=True)
+                if args.keep:
+                    Path(args.keep).mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(safe, Path(args.keep) / safe.name)
+                safes.append(safe)
+        for safe in safes:
             worker = subprocess.run(
-                [sys.executable, __file__, "--measure", str(safe), "--export-out", str(workdir / f"{model}.csv"),
+                [sys.executable, __file__, "--measure", str(safe), "--export-out", str(workdir / f"{safe.stem}.csv"),
                  "--data-path", str(data_root), "--k", str(args.k), "--batch-size", str(args.batch_size),
                  "--threads", str(args.threads)],
                 check=True,
