@@ -108,3 +108,5 @@ def apply() -> None:
     patch_torch_load()
     disable_anomaly_detection()
     restore_numpy_aliases()
+    from interest_migration import distributed  # multi-process training (recbole.quick_start.run(nproc=N))
+    distributed.apply()
