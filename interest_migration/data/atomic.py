@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -30,9 +31,80 @@ def header(fields: list[tuple[str, str]]) -> str:
 
 
 def append_rows(handle, frame: pd.DataFrame) -> None:
-    """Append ``frame`` (already in header order) as tab-separated rows without quoting."""
-    frame.to_csv(handle, sep="\t", header=False, index=False, lineterminator="\n", quoting=csv.QUOTE_NONE,
-                 escapechar=None)
+    """Append ``frame`` (already in header order) as tab-separated rows without quoting.
+
+    Columns that are all non-negative integers or string categoricals are formatted by a vectorised
+    writer (several times faster than ``to_csv``, which dominates large conversions); anything else
+    goes through ``to_csv``.
+    """
+    for start in range(0, len(frame), _SLICE_ROWS):  # slices bound the memory of the byte matrices
+        part = frame.iloc[start:start + _SLICE_ROWS]
+        columns = [_fixed_width(part[c]) for c in part.columns]
+        if any(c is None for c in columns):
+            part.to_csv(handle, sep="\t", header=False, index=False, lineterminator="\n", quoting=csv.QUOTE_NONE,
+                        escapechar=None)
+        else:
+            handle.flush()
+            handle.buffer.write(_join_rows(columns))
+
+
+_SLICE_ROWS = 1 << 19
+
+
+def _fixed_width(column: pd.Series):
+    """(bytes matrix n x width, keep mask) of a column's text, or None when it needs ``to_csv``."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes = column.cat.codes.to_numpy()
+        if len(column.cat.categories) == 0 or (codes < 0).any():
+            return None
+        table, lengths = _category_table(column.cat.categories)
+        return table[codes], np.arange(table.shape[1]) < lengths[codes][:, None]
+    if not pd.api.types.is_integer_dtype(column.dtype):
+        return None
+    values = column.to_numpy(dtype=np.int64)
+    if len(values) == 0 or values.min() < 0:
+        return None
+    width = len(str(int(values.max())))
+    digits = np.empty((len(values), width), dtype=np.uint8)
+    rest = values.astype(np.uint32) if width <= 9 or values.max() < 2**32 else values.copy()  # 32-bit: faster
+    for j in range(width - 1, -1, -1):
+        rest, digit = np.divmod(rest, 10)
+        digits[:, j] = digit
+    digits += 48  # ord("0")
+    n_digits = np.searchsorted(10 ** np.arange(1, width, dtype=np.int64), values, side="right") + 1
+    return digits, np.arange(width) >= (width - n_digits)[:, None]
+
+
+_TABLES: dict = {}
+
+
+def _category_table(categories: pd.Index):
+    """Categories as a padded byte matrix and their lengths; cached per Index object (a vocabulary's
+    token Index is reused across slices and partitions)."""
+    cached = _TABLES.get(id(categories))
+    if cached is not None and cached[0] is categories:
+        return cached[1], cached[2]
+    names = np.char.encode(categories.astype(str).to_numpy(dtype=str), "utf-8")  # fixed-width bytes
+    lengths = np.char.str_len(names)
+    width = max(int(names.dtype.itemsize), 1)
+    table = np.frombuffer(names.tobytes(), dtype=np.uint8).reshape(len(names), width)
+    if len(_TABLES) > 8:
+        _TABLES.clear()
+    _TABLES[id(categories)] = (categories, table, lengths)
+    return table, lengths
+
+
+def _join_rows(columns) -> bytes:
+    """Interleave fixed-width columns with tabs and newlines, then squeeze out the padding."""
+    n = len(columns[0][0])
+    parts, masks = [], []
+    for index, (matrix, keep) in enumerate(columns):
+        parts.append(matrix)
+        masks.append(keep)
+        sep = ord("\n") if index == len(columns) - 1 else ord("\t")
+        parts.append(np.full((n, 1), sep, dtype=np.uint8))
+        masks.append(np.ones((n, 1), dtype=bool))
+    return np.hstack(parts)[np.hstack(masks)].tobytes()
 
 
 def dataset_path(out_dir: str | os.PathLike, name: str) -> Path:

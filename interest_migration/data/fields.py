@@ -38,10 +38,18 @@ class TokenVocab:
         mapped = np.fromiter((codes.setdefault(u, len(codes)) for u in uniques), dtype=np.int64, count=len(uniques))
         return mapped[local]
 
+    def tokens(self) -> pd.Index:
+        """All tokens in code order (cached until the vocabulary grows)."""
+        if getattr(self, "_tokens", None) is None or len(self._tokens) != len(self._codes):
+            self._tokens = pd.Index(list(self._codes), dtype=object)  # dicts keep insertion (= code) order
+        return self._tokens
+
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        tokens = np.empty(len(self._codes), dtype=object)
-        tokens[list(self._codes.values())] = list(self._codes.keys())
-        return tokens[codes]
+        return self.tokens().to_numpy()[codes]
+
+    def column(self, codes: np.ndarray) -> pd.Categorical:
+        """Values for writing: a categorical over the vocabulary (formatted without a per-row string)."""
+        return pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(self.tokens()))
 
 
 class IntIds:
@@ -52,6 +60,8 @@ class IntIds:
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return np.asarray(codes, dtype=np.int64)
+
+    column = decode
 
 
 @dataclass

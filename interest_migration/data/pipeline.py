@@ -17,7 +17,7 @@ import pandas as pd
 
 from interest_migration.data import atomic
 from interest_migration.data.cleaning import CleaningOptions, DataError, DropLog, below_threshold, outside_window
-from interest_migration.data.fields import UNKNOWN_CATEGORY, FieldSpec
+from interest_migration.data.fields import UNKNOWN_CATEGORY, FieldSpec, TokenVocab
 from interest_migration.data.manifest import build_manifest, write_manifest
 
 RECORD = np.dtype([("user", "<i8"), ("item", "<i8"), ("ts", "<f8"), ("seq", "<i8"), ("line", "<i8"),
@@ -49,7 +49,7 @@ class DatasetBuilder:
         self._has = {"behavior": False, "category": False}
         self._integral_ts = True
         self._pairs: list[pd.DataFrame] = []
-        self._pair_rows = 0
+        self._pair_rows = self._merged_rows = 0
         self._item_table: pd.DataFrame | None = None  # item code -> category code (+ extra string columns)
         self._item_extra: list[tuple[str, str]] = []
         self._finished = False
@@ -88,7 +88,10 @@ class DatasetBuilder:
         ``extra``: field name -> (RecBole type, values). Interactions whose item is not in the table
         are dropped as ``item_without_category`` (or kept with category "unknown").
         """
-        table = pd.DataFrame({"item": np.asarray(items, dtype=np.int64), "cat": np.asarray(categories, dtype=object)})
+        if not isinstance(self.spec.vocabs["category"], TokenVocab):
+            self.spec.vocabs["category"] = TokenVocab()  # categories given as names
+        codes = self.spec.vocabs["category"].encode(np.asarray(categories, dtype=object))
+        table = pd.DataFrame({"item": np.asarray(items, dtype=np.int64), "cat": codes})
         for field, (kind, values) in (extra or {}).items():
             table[field] = np.asarray(values, dtype=object)
             self._item_extra.append((field, kind))
@@ -150,12 +153,23 @@ class DatasetBuilder:
                 rec[bounds[p]:bounds[p + 1]].tofile(self._files[p])
 
     def _collect_pairs(self, items: np.ndarray, cats: np.ndarray) -> None:
-        pairs = pd.DataFrame({"item": items, "cat": cats}).drop_duplicates()
+        """Remember distinct (item, category) pairs in first-seen order (memory grows with items only)."""
+        if items.min() >= 0 and items.max() < 2**31 and cats.max() < 2**32 - 1:
+            pairs = pd.unique((items << 32) | (cats + 1))  # one int64 key per pair (category -1 -> 0)
+        else:
+            pairs = pd.DataFrame({"item": items, "cat": cats}).drop_duplicates()
         self._pairs.append(pairs)
         self._pair_rows += len(pairs)
-        if self._pair_rows > 4 * PARTITION_ROWS:
-            merged = pd.concat(self._pairs, ignore_index=True).drop_duplicates()
-            self._pairs, self._pair_rows = [merged], len(merged)
+        if self._pair_rows > 2 * self._merged_rows + PARTITION_ROWS:  # amortised: merge when pending doubles
+            self._pairs = [self._merged_pairs()]
+            self._merged_rows = self._pair_rows = len(self._pairs[0])
+
+    def _merged_pairs(self):
+        if all(isinstance(p, np.ndarray) for p in self._pairs):
+            return pd.unique(np.concatenate(self._pairs))
+        frames = [p if isinstance(p, pd.DataFrame) else
+                  pd.DataFrame({"item": p >> 32, "cat": (p & 0xFFFFFFFF) - 1}) for p in self._pairs]
+        return pd.concat(frames, ignore_index=True).drop_duplicates()
 
     # -- output ----------------------------------------------------------------------------------
     def _load(self, p: int) -> np.ndarray:
@@ -172,8 +186,15 @@ class DatasetBuilder:
                               values=rec["item"][dup])
                 rec = rec[~dup]
         if self.options.sort and len(rec):
-            rec = rec[np.lexsort((rec["seq"], rec["ts"], rec["user"]))]
+            rec = rec[self._time_order(rec)]
         return rec
+
+    def _time_order(self, rec: np.ndarray) -> np.ndarray:
+        """Stable order by (user, time): rows are in source order, so ties keep it."""
+        user, ts = rec["user"], rec["ts"]
+        if self._integral_ts and user.min() >= 0 and user.max() < 2**31 and ts.min() >= 0 and ts.max() < 2**32:
+            return np.argsort((user << 32) | ts.astype(np.int64), kind="stable")  # one int key: much faster
+        return np.lexsort((ts, user))
 
     def _k_core(self, parts: list) -> tuple[pd.Index, pd.Index]:
         """Users and items to remove so every kept user/item has enough rows (iterated to a fixed point)."""
@@ -236,11 +257,11 @@ class DatasetBuilder:
                     continue
                 kept += len(rec)
                 users += len(pd.unique(rec["user"]))
-                item_counts.append(pd.Series(rec["item"]).value_counts())
+                item_counts.append(pd.unique(rec["item"]))
                 t_min, t_max = min(t_min, float(rec["ts"].min())), max(t_max, float(rec["ts"].max()))
                 columns = {
-                    "u": spec.vocabs["user"].decode(rec["user"]),
-                    "i": spec.vocabs["item"].decode(rec["item"]),
+                    "u": spec.vocabs["user"].column(rec["user"]),
+                    "i": spec.vocabs["item"].column(rec["item"]),
                     "t": rec["ts"].astype(np.int64) if self._integral_ts else rec["ts"],
                 }
                 if self._has["behavior"]:
@@ -258,7 +279,7 @@ class DatasetBuilder:
             raise DataError(f"{self.name}: no category information; the project needs a category per item")
         item_table = self._final_item_table()
 
-        kept_items = pd.concat(item_counts).groupby(level=0).sum().index.to_numpy()
+        kept_items = np.sort(pd.unique(np.concatenate(item_counts)))
         item_table = item_table.reindex(kept_items)
         categories = self._write_items(item_table)
         behaviors = None
@@ -278,35 +299,35 @@ class DatasetBuilder:
         return manifest
 
     def _final_item_table(self) -> pd.DataFrame:
-        """item code -> 'cat' (decoded category token) and extra fields."""
+        """item code -> 'cat' (category code, -1 when unknown) and extra fields."""
         if self._item_table is not None:
             return self._item_table
-        pairs = pd.concat(self._pairs, ignore_index=True).drop_duplicates() if self._pairs else \
-            pd.DataFrame({"item": np.array([], np.int64), "cat": np.array([], np.int64)})
+        pairs = self._merged_pairs() if self._pairs else np.array([], dtype=np.int64)
+        if isinstance(pairs, np.ndarray):
+            pairs = pd.DataFrame({"item": pairs >> 32, "cat": (pairs & 0xFFFFFFFF) - 1})
         several = pairs["item"].duplicated(keep=False)
         n_conflict = int(pairs.loc[several, "item"].nunique())
         if n_conflict:
             self.notes.append(f"{n_conflict} item(s) appear with more than one category; each keeps the first one seen")
         first = pairs.drop_duplicates("item", keep="first")
-        cats = first["cat"].to_numpy()
-        decoded = np.empty(len(cats), dtype=object)
-        unknown = cats < 0
-        decoded[~unknown] = self.spec.vocabs["category"].decode(cats[~unknown])
-        decoded[unknown] = UNKNOWN_CATEGORY
-        return pd.DataFrame({"cat": decoded}, index=pd.Index(first["item"].to_numpy(), name="item"))
+        return pd.DataFrame({"cat": first["cat"].to_numpy()}, index=pd.Index(first["item"].to_numpy(), name="item"))
 
     def _write_items(self, table: pd.DataFrame) -> int:
         """Write the .item file for the kept items; returns the number of categories."""
-        table = table.copy()
-        table["cat"] = table["cat"].astype(object).where(table["cat"].notna(), UNKNOWN_CATEGORY)
-        for field, _ in self._item_extra:
-            table[field] = table[field].astype(object).where(table[field].notna(), "")
+        codes = table["cat"].fillna(-1).to_numpy(dtype=np.int64)
+        vocab = self.spec.vocabs["category"]
+        if (codes < 0).any():  # kept with missing category: spelled "unknown"
+            cats = np.empty(len(codes), dtype=object)
+            cats[codes >= 0] = vocab.decode(codes[codes >= 0])
+            cats[codes < 0] = UNKNOWN_CATEGORY
+            category = pd.Categorical(cats.astype(str))
+        else:
+            category = vocab.column(codes)
         fields = [(atomic.ITEM_FIELD, "token"), (atomic.CATEGORY_FIELD, "token")] + self._item_extra
-        frame = pd.DataFrame({"i": self.spec.vocabs["item"].decode(table.index.to_numpy()), "c": table["cat"].astype(str)})
+        frame = pd.DataFrame({"i": self.spec.vocabs["item"].column(table.index.to_numpy()), "c": category})
         for field, _ in self._item_extra:
-            frame[field] = table[field].to_numpy()
-        frame = frame.sort_values("i", kind="stable")
+            frame[field] = table[field].astype(object).where(table[field].notna(), "").to_numpy()
         with open(self.folder / f"{self.name}.item", "w", encoding="utf-8", newline="\n") as handle:
             handle.write(atomic.header(fields))
             atomic.append_rows(handle, frame)
-        return int(frame["c"].nunique())
+        return len(pd.unique(codes))
