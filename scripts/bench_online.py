@@ -9,8 +9,10 @@ Builds InterestShiftCNN (untrained: latency does not depend on the weights) on A
   keep-alive loopback clients against ``python -m interest_migration serve`` in its own process;
 * HTTP ``POST /events`` (one event, group-commit fsync) p50/p99 with 1 and 16 clients.
 
-Every level is bounded by a request count and a time limit. Prints a Markdown table and writes
-it to ``--out``.
+Every level is bounded by a request count and a time limit. Besides latency, it reports CPU time
+per request (the calling thread in process, the server process over HTTP), which unlike latency
+does not grow when other jobs compete for the cores, and the mean micro-batch size. Prints a
+Markdown table and writes it to ``--out``.
 
     python scripts/bench_online.py --out bench_online.md
 """
@@ -201,6 +203,15 @@ def run_clients(host, port, n_clients, make_request, args, server=None) -> dict:
     return row
 
 
+def scored(host, port) -> tuple[float, int]:
+    """(recommendations scored by the model, micro-batches) so far, from /metrics."""
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request("GET", "/metrics")
+    batches = json.loads(conn.getresponse().read())["recommend_micro_batches"]
+    conn.close()
+    return (batches["mean_batch_size"] or 0.0) * batches["batches"], batches["batches"]
+
+
 def bench_http(checkpoint, workdir, users, items, args) -> list[dict]:
     import psutil
 
@@ -217,7 +228,10 @@ def bench_http(checkpoint, workdir, users, items, args) -> list[dict]:
 
         run_clients(host, port, 1, recommend, argparse.Namespace(requests=50, seconds=10))  # warm-up
         for n in args.clients:
+            before = scored(host, port)
             row = {"what": "HTTP GET /recommendations", **run_clients(host, port, n, recommend, args, server)}
+            after = scored(host, port)
+            row["mean_batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1)
             rows.append(row)
             print(row, flush=True)
         for n in sorted({min(args.clients), max(args.clients)}):
@@ -246,13 +260,14 @@ def table(rows, args, model, dataset) -> str:
         f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python {platform.python_version()}; "
         f"load average {args.load_before:.1f} before and {os.getloadavg()[0]:.1f} after the run.",
         "",
-        "| what | clients | requests | p50 ms | p99 ms | requests/s | CPU ms/request | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| what | clients | requests | p50 ms | p99 ms | requests/s | CPU ms/request | mean micro-batch | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
+        batch = f"{row['mean_batch']:.1f}" if "mean_batch" in row else ""
         lines.append(
             f"| {row['what']} | {row['clients']} | {row['requests']} | {row['p50']:.2f} | {row['p99']:.2f} | "
-            f"{row['rps']:.0f} | {row['cpu_ms']:.2f} | {row.get('errors', 0)} |"
+            f"{row['rps']:.0f} | {row['cpu_ms']:.2f} | {batch} | {row.get('errors', 0)} |"
         )
     return "\n".join(lines) + "\n"
 
