@@ -40,7 +40,9 @@ DATASET = "amazon-beauty"
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-path", default=None, help=f"folder holding {DATASET}/ (default: convert to a temp folder)")
+    parser.add_argument(
+        "--data-path", default=None, help=f"folder holding {DATASET}/ (default: convert into a temp folder)"
+    )
     parser.add_argument("--requests", type=int, default=2000, help="requests per level (in-process) / per client cap")
     parser.add_argument("--seconds", type=float, default=15.0, help="time limit of each level")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])

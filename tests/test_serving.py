@@ -477,12 +477,14 @@ def _malformed_requests(rng: random.Random):
         elif kind == 5:
             yield "method", (rng.choice(["PUT", "DELETE", "PATCH"]), "/events", None, {})
         elif kind == 6:
-            yield "fuzzed bytes", ("POST", "/events", bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))), {})
+            junk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+            yield "fuzzed bytes", ("POST", "/events", junk, {})
         elif kind == 7:
             yield "raw", rng.choice([
                 b"GARBAGE\r\n\r\n",
                 b"GET /healthz HTTP/one\r\n\r\n",
                 b"POST\r\n\r\n",
+                b"GET http://[oops/recommendations/a HTTP/1.1\r\n\r\n",
                 b"POST /events HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
                 b"POST /events HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
                 b"POST /events HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n{",

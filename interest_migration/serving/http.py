@@ -196,6 +196,7 @@ class Handler(BaseHTTPRequestHandler):
                 self._reply(exc.status, {"error": exc.message, "status": int(exc.status)}, close=exc.close)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
+            self._status = 499  # the client went away (nginx's convention)
         except Exception as exc:  # a bug, not the client's fault: say so, keep serving
             logger.exception("error serving %s %s", self.command, self.path)
             try:
@@ -207,7 +208,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            raise RequestError(HTTPStatus.LENGTH_REQUIRED, "chunked bodies are not supported; send Content-Length", True)
+            raise RequestError(
+                HTTPStatus.LENGTH_REQUIRED, "chunked bodies are not supported; send Content-Length", True
+            )
         length = self.headers.get("Content-Length")
         if length is None:
             raise RequestError(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required", True)
@@ -216,7 +219,9 @@ class Handler(BaseHTTPRequestHandler):
             if n < 0:
                 raise ValueError
         except ValueError:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"Content-Length must be a non-negative integer, got {length!r}", True) from None
+            raise RequestError(
+                HTTPStatus.BAD_REQUEST, f"Content-Length must be a non-negative integer, got {length!r}", True
+            ) from None
         if n > self.limits.max_body_bytes:
             raise RequestError(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
@@ -229,13 +234,18 @@ class Handler(BaseHTTPRequestHandler):
         return body
 
     def _route(self):
-        parts = urlsplit(self.path)
-        return parts.path, parse_qs(parts.query, keep_blank_values=True)
+        try:
+            parts = urlsplit(self.path)
+            return parts.path, parse_qs(parts.query, keep_blank_values=True)
+        except ValueError:
+            return None, {}
 
     # -------------------------------------------------------------- methods
     def do_GET(self):
         path, query = self._route()
-        if path == "/healthz":
+        if path is None:
+            self._dispatch("other", self._bad_target)
+        elif path == "/healthz":
             self._dispatch("GET /healthz", lambda: self._healthz(query))
         elif path == "/metrics":
             self._dispatch("GET /metrics", self._metrics)
@@ -246,7 +256,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         path, _ = self._route()
-        if path == "/events":
+        if path is None:
+            self._dispatch("other", self._bad_target)
+        elif path == "/events":
             self._dispatch("POST /events", self._events)
         else:
             self._dispatch("other", lambda: self._not_found(path, body=True))
@@ -261,6 +273,9 @@ class Handler(BaseHTTPRequestHandler):
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _method_not_allowed
 
     # -------------------------------------------------------------- routes
+    def _bad_target(self):
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"cannot parse the request target {self.path[:200]!r}", True)
+
     def _not_found(self, path: str, body: bool = False):
         raise RequestError(
             HTTPStatus.NOT_FOUND,
@@ -405,13 +420,13 @@ def configure_parser(parser):
         action="store_true",
         help="allow a RecBole pickle checkpoint (it can run code): only for files you made yourself",
     )
-    parser.add_argument("--threads", type=_positive_int, default=1, help="torch intra-op threads for scoring (default: 1)")
+    parser.add_argument("--threads", type=_positive_int, default=1, help="torch threads for scoring (default: 1)")
     parser.add_argument("--max-batch", type=_positive_int, default=64, help="largest micro-batch of recommendations")
     parser.add_argument(
-        "--max-body-bytes", type=_positive_int, default=Limits.max_body_bytes, help="largest request body (default: 1 MiB)"
+        "--max-body-bytes", type=_positive_int, default=Limits.max_body_bytes, help="largest body (default: 1 MiB)"
     )
     parser.add_argument(
-        "--max-events", type=_positive_int, default=Limits.max_events, help="most events in one POST /events (default: 1000)"
+        "--max-events", type=_positive_int, default=Limits.max_events, help="events per POST (default: 1000)"
     )
     parser.add_argument("--max-k", type=_positive_int, default=Limits.max_k, help="largest k a client may ask for")
 

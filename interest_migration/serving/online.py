@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 #: how the response says where its items came from
 SOURCE_MODEL = "model"
 SOURCE_POPULARITY = "popularity"
+#: longest user or item id an event may carry
+MAX_TOKEN_LENGTH = 256
+#: causal (InterestShiftCNN, GRU4Rec) or padding-masked (SASRec) at the last real position
+_PADDING_INSENSITIVE = frozenset({"InterestShiftCNN", "GRU4Rec", "SASRec"})
 
 
 @dataclass(frozen=True)
@@ -250,7 +254,9 @@ class OnlineRecommender:
                 raise ValueError
             ts = float(ts)
         except (ValueError, OverflowError):
-            raise ValueError(f"'ts' must be a finite number (the dataset's time unit) or null, got {_short(ts)}") from None
+            raise ValueError(
+                f"'ts' must be a finite number (the dataset's time unit) or null, got {_short(ts)}"
+            ) from None
         return Event(user, item, behavior, ts, item_id, behavior_id, (ts - self._ts_offset) / self._ts_scale)
 
     def observe(self, user: str, item: str, behavior: str | None = None, ts: float | None = None) -> int:
@@ -382,7 +388,7 @@ class OnlineRecommender:
     def _run_batch(self, batch: list[_Request]) -> None:
         try:
             results = self._score(batch)
-        except BaseException as exc:  # every waiting caller hears about it; the worker lives on
+        except BaseException as exc:  # every caller in the batch hears about it, not only the leader
             for request in batch:
                 request.future.set_exception(exc)
             return
@@ -481,12 +487,6 @@ class OnlineRecommender:
         self.close()
 
 
-MAX_TOKEN_LENGTH = 256
-
-#: causal (InterestShiftCNN, GRU4Rec) or padding-masked (SASRec) at the last real position
-_PADDING_INSENSITIVE = frozenset({"InterestShiftCNN", "GRU4Rec", "SASRec"})
-
-
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -497,12 +497,15 @@ def _token(value, name: str) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value or len(value) > MAX_TOKEN_LENGTH:
-        raise ValueError(f"'{name}' must be a non-empty string (or integer) of at most {MAX_TOKEN_LENGTH} characters, got {_short(value)}")
+        raise ValueError(
+            f"'{name}' must be a non-empty string (or integer) of at most {MAX_TOKEN_LENGTH} characters, "
+            f"got {_short(value)}"
+        )
     return value
 
 
 def _config_get(config, key):
-    """``config[key]``, or None when the key is absent (RecBole's Config raises nothing but dicts do)."""
+    """``config[key]``, or None when absent (RecBole's Config returns None; a plain dict raises)."""
     try:
         return config[key]
     except KeyError:
@@ -514,8 +517,7 @@ def _time_transform(config, model, dataset) -> tuple[float, float]:
 
     Identity unless the dataset config min-max normalises the time field (RecBole's ml-100k
     preset sets ``normalize_all: True``); then the raw minimum and maximum are recovered by
-    rebuilding the dataset once without normalisation, as RecBole computed them after filtering
-    (exact up to RecBole's float32 storage; the model only reads time gaps, where the offset cancels).
+    rebuilding the dataset once without normalisation: the values RecBole used, after filtering.
     """
     field = dataset.time_field
     normalized = bool(_config_get(config, "normalize_all")) or field in (_config_get(config, "normalize_field") or [])
