@@ -70,7 +70,6 @@ def prepare_data(data_path, workdir: Path) -> Path:
 
 def build_model(data_root: Path, workdir: Path):
     """Config, untrained model and dataset of InterestShiftCNN on Beauty, plus a safe checkpoint of them."""
-    import yaml
     import interest_migration  # noqa: F401
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
@@ -81,13 +80,10 @@ def build_model(data_root: Path, workdir: Path):
     from interest_migration.configs import config_files_for
 
     model_class = get_model_class("InterestShiftCNN")
-    files = config_files_for("InterestShiftCNN", DATASET, REPO / "recbole_configs")
-    # RecBole's Config fails on a YAML file holding only comments
-    files = [f for f in files if yaml.safe_load(Path(f).read_text()) is not None]
     config = Config(
         model=model_class,
         dataset=DATASET,
-        config_file_list=files,
+        config_file_list=config_files_for("InterestShiftCNN", DATASET, REPO / "recbole_configs"),
         config_dict={"data_path": str(data_root), "checkpoint_dir": str(workdir), "show_progress": False},
     )
     config["model"] = "InterestShiftCNN"
