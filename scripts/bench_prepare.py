@@ -3,6 +3,8 @@
 Generates UserBehavior-like files (grouped by user, ~100 events per user, pv/cart/fav/buy in the
 real proportions, 9 days of unix seconds), converts each in a fresh process, and reports rows/s and
 the process's peak RSS. Peak RSS should stay flat as the input grows (streaming + partitioned sort).
+CPU seconds are reported next to wall seconds because a shared machine's wall time says little;
+the load average at the end of each run is in the last column.
 
     python scripts/bench_prepare.py                      # 1M and 10M rows
     python scripts/bench_prepare.py --rows 1e6 1e7 1e8   # also the full-size 100M (about 3.5 GB)
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,9 +31,10 @@ START, DAYS = 1511539200, 9
 CHILD = """
 import json, resource, sys, time
 from interest_migration.data import taobao
-t = time.perf_counter()
+t, cpu = time.perf_counter(), time.process_time()
 m = taobao.convert(sys.argv[1], sys.argv[2], "bench", progress=False)
-print(json.dumps({"seconds": time.perf_counter() - t, "rows": m["rows_kept"], "read": m["rows_read"],
+print(json.dumps({"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - cpu,
+                  "rows": m["rows_kept"], "read": m["rows_read"],
                   "partitions": m["options"]["partitions"],
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -61,7 +65,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_prepare_"))
     work.mkdir(parents=True, exist_ok=True)
-    table = ["| rows | file MiB | partitions | seconds | rows/s | peak RSS MiB |", "|---:|---:|---:|---:|---:|---:|"]
+    table = ["| rows | file MiB | partitions | wall s | rows/s (wall) | CPU s | rows/s (CPU) | peak RSS MiB | load avg |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     try:
         for rows in map(int, args.rows):
             source = work / f"taobao_{rows}.csv"
@@ -74,7 +79,8 @@ def main(argv=None) -> int:
             res = json.loads(child.stdout.strip().splitlines()[-1])
             assert res["rows"] == res["read"] == rows, res
             line = (f"| {rows:,} | {source.stat().st_size / 2**20:,.0f} | {res['partitions']} | {res['seconds']:.1f} "
-                    f"| {rows / res['seconds']:,.0f} | {res['peak_rss_mib']:,.0f} |")
+                    f"| {rows / res['seconds']:,.0f} | {res['cpu_seconds']:.1f} | {rows / res['cpu_seconds']:,.0f} "
+                    f"| {res['peak_rss_mib']:,.0f} | {os.getloadavg()[0]:.1f} |")
             table.append(line)
             print(line, flush=True)
             source.unlink()

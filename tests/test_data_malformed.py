@@ -141,3 +141,15 @@ def test_generic_csv_unknown_column_is_named(tmp_path):
     with pytest.raises(DataError, match="no column 'client'"):
         generic.convert(CORPUS / "tab_in_quoted_id.csv", tmp_path, "x", mapping, CleaningOptions())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_strict_mode_reports_the_earliest_bad_line(tmp_path):
+    source = tmp_path / "mixed.csv"
+    source.write_bytes(b"1,100,10,pv,1511544070\n1,101,10,pv,oops\n1,102,10,pv,1511544090\nbob,103,10,pv,1511544100\n")
+    with pytest.raises(DataError, match=r"mixed\.csv:2: field 'timestamp'"):
+        taobao.convert(source, tmp_path, "t", CleaningOptions(strict=True))
+    mapping = generic.Mapping(user="customer", item="sku", timestamp="when", behavior="event",
+                              item_file={"path": str(CORPUS / "shop_items.csv"), "item": "sku", "category": "cat"})
+    with pytest.raises(DataError, match=r"shop_log\.csv:5: field 'item'.*got 's9'"):
+        generic.convert(CORPUS / "shop_log.csv", tmp_path, "shop", mapping, CleaningOptions(strict=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed.csv"]

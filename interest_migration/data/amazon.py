@@ -156,6 +156,7 @@ def convert(input, out_dir, name: str | None = None, options: CleaningOptions | 
         log.drop("invalid_timestamp", source=str(paths["times"]), lines=frame["line"][bad], field="timestamp",
                  values=frame["day"][bad])
         keep &= ~bad
+    log.check()
     frame = frame.assign(item=asin, day=day)[keep]
     backwards = int((frame.groupby("user", sort=False)["day"].diff() < 0).sum())
     if backwards:

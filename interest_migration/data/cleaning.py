@@ -2,8 +2,9 @@
 
 Every input row is either kept or dropped for a named reason, so a manifest can always show
 ``rows_read == rows_kept + sum(rows_dropped.values())``. Row problems (a bad id, a broken line) are
-dropped and counted by default, or raise a :class:`DataError` naming file, line and field with
-``strict=True``; the cleaning steps (duplicates, time window, k-core) are choices, never errors.
+dropped and counted by default, or, with ``strict=True``, end the run with a :class:`DataError`
+naming file, line and field (raised by :meth:`DropLog.check` after each block); the cleaning steps
+(duplicates, time window, k-core) are choices, never errors.
 """
 from __future__ import annotations
 
@@ -57,6 +58,12 @@ class DropLog:
         self.rows_read = 0
         self.dropped: Counter = Counter()
         self.examples: dict[str, list[dict]] = {}
+        self._first: tuple | None = None  # (line, message) of the earliest problem in strict mode
+
+    def check(self) -> None:
+        """In strict mode, raise the earliest problem recorded so far."""
+        if self._first is not None:
+            raise DataError(self._first[1])
 
     def read(self, n: int) -> None:
         self.rows_read += int(n)
@@ -70,9 +77,14 @@ class DropLog:
         if n == 0:
             return
         if self.strict and reason not in CHOSEN:
-            line = None if lines is None else int(np.asarray(lines)[0])
-            value = None if values is None else _show(np.asarray(values, dtype=object)[0])
-            raise DataError(describe(source, line, field, reason, value))
+            # remember the earliest problem; check() raises it once the block is done, so the error
+            # names the first bad line whatever order the fields were checked in
+            at = 0 if lines is None else int(np.argmin(np.asarray(lines)))
+            line = None if lines is None else int(np.asarray(lines)[at])
+            if self._first is None or (line is not None and (self._first[0] is None or line < self._first[0])):
+                value = None if values is None else _show(np.asarray(values, dtype=object)[at])
+                self._first = (line, describe(source, line, field, reason, value))
+            return
         self.dropped[reason] += n
         kept = self.examples.setdefault(reason, [])
         room = self.max_examples - len(kept)

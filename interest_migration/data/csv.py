@@ -162,6 +162,8 @@ def convert(input, out_dir, name: str, mapping: Mapping, options: CleaningOption
             chunks = reader.chunks(columns, log)
         for chunk in chunks:
             builder.add(canon(chunk.frame, chunk.lines, chunk.typed), source=str(path))
+            log.check()
+        log.check()
         if log.rows_read == 0:
             raise DataError(f"{path}: no data rows" + (" after the header" if not parquet and reader.has_header else ""))
         extra = {"rows_read": log.rows_read, "format": "parquet" if parquet else "delimited"}

@@ -87,6 +87,8 @@ def convert(input, out_dir, name: str = "diginetica", options: CleaningOptions |
                 frame = _events(chunk.frame, chunk.lines, behavior, anonymous, log, str(path))
                 if len(frame):
                     builder.add(canon(frame, frame.pop("line").to_numpy()), source=str(path), source_index=index)
+                log.check()
+            log.check()
             if source.sha256 is None:
                 raise DataError(f"{path}: no data rows after the header")
             builder.add_source(path, source.sha256, role=kind, behavior=behavior, header=source.has_header)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas._libs.hashtable import Int64HashTable  # a persistent hash set (pandas' own, used by pd.unique)
 
 from interest_migration.data import atomic
 from interest_migration.data.cleaning import CleaningOptions, DataError, DropLog, below_threshold, outside_window
@@ -23,7 +24,7 @@ from interest_migration.data.manifest import build_manifest, write_manifest
 RECORD = np.dtype([("user", "<i8"), ("item", "<i8"), ("ts", "<f8"), ("seq", "<i8"), ("line", "<i8"),
                    ("cat", "<i8"), ("beh", "i1"), ("src", "i1")])
 #: rows per partition the sorter aims for (about 50 bytes each in memory, a few copies while sorting)
-PARTITION_ROWS = 2_000_000
+PARTITION_ROWS = 1_000_000
 
 
 def partitions_for(n_bytes: int, bytes_per_row: float) -> int:
@@ -50,6 +51,7 @@ class DatasetBuilder:
         self._integral_ts = True
         self._pairs: list[pd.DataFrame] = []
         self._pair_rows = self._merged_rows = 0
+        self._pair_set = Int64HashTable()
         self._item_table: pd.DataFrame | None = None  # item code -> category code (+ extra string columns)
         self._item_extra: list[tuple[str, str]] = []
         self._finished = False
@@ -153,23 +155,27 @@ class DatasetBuilder:
                 rec[bounds[p]:bounds[p + 1]].tofile(self._files[p])
 
     def _collect_pairs(self, items: np.ndarray, cats: np.ndarray) -> None:
-        """Remember distinct (item, category) pairs in first-seen order (memory grows with items only)."""
-        if items.min() >= 0 and items.max() < 2**31 and cats.max() < 2**32 - 1:
-            pairs = pd.unique((items << 32) | (cats + 1))  # one int64 key per pair (category -1 -> 0)
-        else:
-            pairs = pd.DataFrame({"item": items, "cat": cats}).drop_duplicates()
-        self._pairs.append(pairs)
-        self._pair_rows += len(pairs)
-        if self._pair_rows > 2 * self._merged_rows + PARTITION_ROWS:  # amortised: merge when pending doubles
+        """Remember distinct (item, category) pairs in first-seen order (memory grows with items only).
+
+        Pairs that fit one int64 key go through one persistent hash set that returns only pairs not
+        seen before; others fall back to per-chunk frames merged from time to time.
+        """
+        if items.min() >= 0 and items.max() < 2**31 and cats.min() >= -1 and cats.max() < 2**32 - 1:
+            self._pairs.append(self._pair_set.unique((items << 32) | (cats + 1)))  # category -1 -> 0
+            return
+        self._pairs.append(pd.DataFrame({"item": items, "cat": cats}).drop_duplicates())
+        self._pair_rows += len(self._pairs[-1])
+        if self._pair_rows > 2 * self._merged_rows + PARTITION_ROWS // 2:  # amortised merging
             self._pairs = [self._merged_pairs()]
             self._merged_rows = self._pair_rows = len(self._pairs[0])
 
-    def _merged_pairs(self):
-        if all(isinstance(p, np.ndarray) for p in self._pairs):
-            return pd.unique(np.concatenate(self._pairs))
+    def _merged_pairs(self) -> pd.DataFrame:
         frames = [p if isinstance(p, pd.DataFrame) else
                   pd.DataFrame({"item": p >> 32, "cat": (p & 0xFFFFFFFF) - 1}) for p in self._pairs]
-        return pd.concat(frames, ignore_index=True).drop_duplicates()
+        if not frames:
+            return pd.DataFrame({"item": np.array([], np.int64), "cat": np.array([], np.int64)})
+        merged = pd.concat(frames, ignore_index=True)
+        return merged if all(isinstance(p, np.ndarray) for p in self._pairs) else merged.drop_duplicates()
 
     # -- output ----------------------------------------------------------------------------------
     def _load(self, p: int) -> np.ndarray:
@@ -225,6 +231,7 @@ class DatasetBuilder:
         for handle in self._files:
             handle.close()
         spec, log = self.spec, self.log
+        log.check()
         # pass 1: de-duplicate and sort each partition (kept in memory when there is only one)
         parts = []
         for p in range(self.n_parts):
@@ -241,7 +248,9 @@ class DatasetBuilder:
             inter_fields.append((atomic.BEHAVIOR_FIELD, "token"))
         inter_path = self.folder / f"{self.name}.inter"
         users = kept = 0
-        item_counts, beh_counts = [], np.zeros(len(spec.vocabs["behavior"]) or 1, dtype=np.int64)
+        beh_counts = np.zeros(len(spec.vocabs["behavior"]) or 1, dtype=np.int64)
+        # per-row categories and no k-core: every item collected was kept, no need to list them again
+        item_seen = [] if self._item_table is not None or len(bad_users) or len(bad_items) else None
         t_min, t_max = math.inf, -math.inf
         with open(inter_path, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(atomic.header(inter_fields))
@@ -257,7 +266,8 @@ class DatasetBuilder:
                     continue
                 kept += len(rec)
                 users += len(pd.unique(rec["user"]))
-                item_counts.append(pd.unique(rec["item"]))
+                if item_seen is not None:
+                    item_seen.append(pd.unique(rec["item"]))
                 t_min, t_max = min(t_min, float(rec["ts"].min())), max(t_max, float(rec["ts"].max()))
                 columns = {
                     "u": spec.vocabs["user"].column(rec["user"]),
@@ -279,14 +289,14 @@ class DatasetBuilder:
             raise DataError(f"{self.name}: no category information; the project needs a category per item")
         item_table = self._final_item_table()
 
-        kept_items = np.sort(pd.unique(np.concatenate(item_counts)))
-        item_table = item_table.reindex(kept_items)
+        if item_seen is not None:
+            item_table = item_table.reindex(np.sort(pd.unique(np.concatenate(item_seen))))
         categories = self._write_items(item_table)
         behaviors = None
         if self._has["behavior"]:
             names = spec.vocabs["behavior"].decode(np.arange(len(spec.vocabs["behavior"])))
             behaviors = {str(n): int(c) for n, c in zip(names, beh_counts) if c}
-        stats = {"users": users, "items": len(kept_items), "categories": categories, "behaviors": behaviors,
+        stats = {"users": users, "items": len(item_table), "categories": categories, "behaviors": behaviors,
                  "time_min": t_min, "time_max": t_max}
         item_fields = [atomic.ITEM_FIELD, atomic.CATEGORY_FIELD] + [f for f, _ in self._item_extra]
         config = atomic.recbole_config(self.name, [f for f, _ in inter_fields], item_fields, self.filters)
@@ -302,14 +312,13 @@ class DatasetBuilder:
         """item code -> 'cat' (category code, -1 when unknown) and extra fields."""
         if self._item_table is not None:
             return self._item_table
-        pairs = self._merged_pairs() if self._pairs else np.array([], dtype=np.int64)
-        if isinstance(pairs, np.ndarray):
-            pairs = pd.DataFrame({"item": pairs >> 32, "cat": (pairs & 0xFFFFFFFF) - 1})
-        several = pairs["item"].duplicated(keep=False)
-        n_conflict = int(pairs.loc[several, "item"].nunique())
-        if n_conflict:
+        pairs = self._merged_pairs()
+        self._pairs = []
+        repeated = pairs["item"].duplicated().to_numpy()  # pairs are distinct: a repeated item has 2+ categories
+        if repeated.any():
+            n_conflict = int(pairs.loc[repeated, "item"].nunique())
             self.notes.append(f"{n_conflict} item(s) appear with more than one category; each keeps the first one seen")
-        first = pairs.drop_duplicates("item", keep="first")
+        first = pairs[~repeated]
         return pd.DataFrame({"cat": first["cat"].to_numpy()}, index=pd.Index(first["item"].to_numpy(), name="item"))
 
     def _write_items(self, table: pd.DataFrame) -> int:
