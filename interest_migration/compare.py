@@ -47,6 +47,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=None, help="seconds one model run may take (default: none)")
     parser.add_argument("--ours", default=OURS, help=f"the model tested against the best baseline (default {OURS})")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep each run's RecBole checkpoint")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads per model run (default 1: fastest when the machine is shared)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="run failed runs again (by default a failure is kept until its config changes)")
     parser.epilog = "Any other --key=value is a RecBole config override applied to every run."
@@ -115,13 +117,13 @@ def _commit() -> str:
         return "unknown"
 
 
-def _machine() -> str:
+def _machine(threads: int) -> str:
     try:
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     except OSError:
         load = "unknown"
-    return (f"{platform.node() or 'this machine'} ({os.cpu_count()} CPU cores, shared; "
-            f"load average {load} at the start)")
+    return (f"{platform.node() or 'this machine'} ({os.cpu_count()} CPU cores, shared; load average {load} "
+            f"when the tables were written; {threads} thread(s) per run)")
 
 
 # --------------------------------------------------------------------------- the comparison
@@ -141,7 +143,8 @@ def build_specs(args, config_dir: Path, models, protocols, data: dict, seeds, ov
             for seed in seeds:
                 specs.append(RunSpec(label=label, model=model, protocol=protocol.name, seed=seed,
                                      dataset=data[protocol.name]["dataset"], config_files=files,
-                                     config_dict=config, keep_checkpoint=args.keep_checkpoints))
+                                     config_dict=config, keep_checkpoint=args.keep_checkpoints,
+                                     threads=args.threads))
     return specs
 
 
@@ -253,7 +256,7 @@ def run(args) -> int:
                                  "rows_in": data[p.name]["rows_in"], "rows_kept": data[p.name]["rows_kept"],
                                  "n_test_users": n_users}
     command = "python -m interest_migration compare " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
-    info = {"dataset": args.dataset, "command": command, "commit": _commit(), "machine": _machine(),
+    info = {"dataset": args.dataset, "command": command, "commit": _commit(), "machine": _machine(args.threads),
             "seeds": seeds, "models": [{"label": l, "model_class": m} for l, m in models],
             "protocols": protocol_info, "overrides": overrides, "paired_tests": tests, "buckets": buckets,
             "runs": results}

@@ -110,7 +110,18 @@ def test_second_run_reuses_finished_runs(comparison):
     assert len(pd.read_csv(out / "results.csv")) == 6
 
 
-def test_exclude_seen_items_masks_every_model_type(tmp_path):
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared CPU: one thread avoids OpenMP spinning against other processes."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_exclude_seen_items_masks_every_model_type(tmp_path, one_thread):
     """A repeat target can only be found when seen items are not excluded, for general and sequential models."""
     from interest_migration.experiment import run_model
 

@@ -159,6 +159,9 @@ def plot_metric_bars(summary: pd.DataFrame, path: Path, metrics=("ndcg@10", "rec
             errors = rows.get(f"{metric}_std")
             ax.bar(x + i * width, values.fillna(0), width, label=metric,
                    yerr=None if errors is None else errors.fillna(0))
+        for i, ok in enumerate(rows["runs_ok"] > 0):
+            if not ok:
+                ax.text(x[i] + width * (len(metrics) - 1) / 2, 0.01, "failed", ha="center", rotation=90, fontsize=8)
         ax.set_xticks(x + width * (len(metrics) - 1) / 2)
         ax.set_xticklabels(rows["model"], rotation=45, ha="right")
         ax.set_title(f"protocol: {protocol}")

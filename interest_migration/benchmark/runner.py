@@ -37,6 +37,8 @@ class RunSpec:
     config_files: list
     config_dict: dict = field(default_factory=dict)
     keep_checkpoint: bool = False
+    #: CPU threads of the run (torch and BLAS); not in the fingerprint: it changes cost, not results
+    threads: int = 1
 
     @property
     def key(self) -> str:
@@ -98,7 +100,10 @@ def run_spec(spec: RunSpec, runs_dir: Path, work_dir: Path, timeout: float | Non
     atomic_write_text(spec_file, json.dumps({**asdict(spec), "result_file": str(result_file.resolve()),
                                              "users_file": str(users_file.resolve())}, indent=2, default=str))
     started = time.time()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    threads = str(max(int(spec.threads), 1))
+    # On a shared CPU, spinning OpenMP threads of several processes slow each other down many times
+    # over, so each run gets a fixed, small thread count.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     with open(log_file, "w", encoding="utf-8") as log:
@@ -135,8 +140,11 @@ def _execute(spec_file: Path) -> int:
     config = {**spec.config_dict, "seed": spec.seed, "checkpoint_dir": str(checkpoint_dir)}
     try:
         import pandas as pd
+        import torch
 
         from interest_migration.experiment import run_model
+
+        torch.set_num_threads(max(int(spec.threads), 1))
 
         record = run_model(spec.model, spec.dataset, spec.config_files, config)
         per_user = record.per_user or {}
@@ -151,6 +159,7 @@ def _execute(spec_file: Path) -> int:
             "n_test_users": len(per_user.get("user_id", [])),
             "wall_seconds": time.time() - started,
             "load_average": [load_before, _load_average()],
+            "threads": spec.threads,
         }
     except Exception as err:  # one failing model must not stop the comparison
         traceback.print_exc()
