@@ -247,8 +247,7 @@ def _full_scores(model, interaction, dataset) -> torch.Tensor:
     return scores.view(-1, n_items).clone()
 
 
-def _migration_frame(model, dataset, interaction, n: int) -> pd.DataFrame:
-    prediction = model.predict_migration(interaction, k=N_MIGRATION_CATEGORIES)
+def _migration_frame(model, dataset, prediction, n: int) -> pd.DataFrame:
     field = model.CATEGORY_FIELD
     frame = {"p_shift": prediction["p_shift"].double().numpy()}
     top, probs = prediction["top_categories"].numpy(), prediction["top_category_probs"].double().numpy()
@@ -329,7 +328,11 @@ def iter_recommendations(
     for start in tqdm(starts, desc="export", unit="batch", disable=not show_progress, file=sys.stderr):
         batch = uids[start : start + batch_size]
         interaction = inputs.interaction(batch)
-        scores = _full_scores(model, interaction, dataset)
+        if migration:  # scores and migration from one encoder pass
+            scores, prediction = model.full_sort_predict_with_migration(interaction, k=N_MIGRATION_CATEGORIES)
+            scores = scores.clone()
+        else:
+            scores = _full_scores(model, interaction, dataset)
         scores[:, 0] = -np.inf
         if history is not None:
             rows, cols = history[batch].nonzero()
@@ -346,7 +349,7 @@ def iter_recommendations(
             }
         )
         if migration:
-            per_user = _migration_frame(model, dataset, interaction, len(batch))
+            per_user = _migration_frame(model, dataset, prediction, len(batch))
             frame = pd.concat([frame, per_user.iloc[row_of].reset_index(drop=True)], axis=1)
         yield frame
 

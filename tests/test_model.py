@@ -162,3 +162,21 @@ def test_bad_configs_are_clear_errors(planted, override, message):
     config = Config(model="InterestShiftCNN", dataset="planted", config_dict=planted_config(planted["root"], **override))
     with pytest.raises(ValueError, match=message):
         InterestShiftCNN(config, planted["train"].dataset)
+
+
+def test_scores_and_migration_from_one_pass_match_the_public_methods(planted):
+    model, batch = _model(planted), _batch(planted)
+    scores, migration = model.full_sort_predict_with_migration(batch, k=2)
+    assert torch.allclose(scores, model.full_sort_predict(batch))
+    expected = model.predict_migration(batch, k=2)
+    assert set(migration) == set(expected)
+    for key in expected:
+        assert torch.allclose(migration[key].float(), expected[key].float())
+
+
+def test_a_one_column_sequence_scores(planted):
+    model, batch = _model(planted), _batch(planted, n=4)
+    for field in (model.ITEM_SEQ, model.BEHAVIOR_SEQ, model.TIME_SEQ):
+        batch.interaction[field] = batch[field][:, :1]
+    batch.interaction[model.ITEM_SEQ_LEN] = torch.ones(4, dtype=torch.long)
+    assert model.full_sort_predict(batch).shape == (4, model.n_items)

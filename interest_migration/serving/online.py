@@ -420,24 +420,11 @@ class OnlineRecommender:
         return Interaction(fields)
 
     def _predict(self, interaction):
-        """``full_sort_predict`` scores, and for InterestShiftCNN ``predict_migration``'s dict.
-
-        Those two each run the encoder; for InterestShiftCNN both come from one pass of its
-        ``_log_probs`` (the core of ``full_sort_predict``), which halves the latency. A test
-        checks the result equals the two public methods'.
-        """
+        """``full_sort_predict`` scores, and for InterestShiftCNN the predicted migration too,
+        from one encoder pass (``full_sort_predict_with_migration``)."""
         if not self.migrates:
             return self.model.full_sort_predict(interaction), None
-        if not hasattr(self.model, "_log_probs"):
-            return self.model.full_sort_predict(interaction), self.model.predict_migration(interaction, self._n_next)
-        log_probs, (shift_logit, log_p_cat, _, current) = self.model._log_probs(interaction)
-        top = log_p_cat.topk(self._n_next, dim=1)
-        return log_probs, {
-            "p_shift": torch.sigmoid(shift_logit),
-            "current_category": current,
-            "top_categories": top.indices,
-            "top_category_probs": top.values.exp(),
-        }
+        return self.model.full_sort_predict_with_migration(interaction, self._n_next)
 
     @torch.inference_mode()
     def _score(self, batch: list[_Request]) -> list[dict]:

@@ -210,7 +210,8 @@ class InterestShiftCNN(SequentialRecommender):
         """log2-bucketed gap to the previous event; 0 is padding, 1 the first event."""
         gaps = (timestamps[:, 1:] - timestamps[:, :-1]).clamp(min=0)
         buckets = 2 + torch.floor(torch.log2(1.0 + gaps)).long()
-        buckets = torch.cat([torch.ones_like(buckets[:, :1]), buckets], dim=1)
+        first = torch.ones(timestamps.size(0), 1, dtype=torch.long, device=timestamps.device)
+        buckets = torch.cat([first, buckets], dim=1)
         buckets = buckets.clamp(max=self.time_buckets - 1)
         positions = torch.arange(timestamps.size(1), device=timestamps.device)
         return buckets.masked_fill(positions.unsqueeze(0) >= item_seq_len.unsqueeze(1), 0)
@@ -300,6 +301,17 @@ class InterestShiftCNN(SequentialRecommender):
         log_probs, _ = self._log_probs(interaction)
         return log_probs
 
+    def _summarise_migration(self, migration, k):
+        shift_logit, log_p_cat, _, current = migration
+        k = min(k or self.migration_top_k, int(self.category_has_items.sum()))
+        top = log_p_cat.topk(k, dim=1)
+        return {
+            "p_shift": torch.sigmoid(shift_logit),
+            "current_category": current,
+            "top_categories": top.indices,
+            "top_category_probs": top.values.exp(),
+        }
+
     @torch.no_grad()
     def predict_migration(self, interaction, k=None):
         """The predicted migration of each user: for export and analysis.
@@ -310,13 +322,14 @@ class InterestShiftCNN(SequentialRecommender):
         """
         if not self.use_category:
             raise ValueError("InterestShiftCNN was trained without CATEGORY_FIELD: it predicts no migration.")
-        k = min(k or self.migration_top_k, int(self.category_has_items.sum()))
         item_seq, item_seq_len, seq_output = self._encode(interaction)
-        shift_logit, log_p_cat, _, current = self._migration(seq_output, item_seq, item_seq_len)
-        top = log_p_cat.topk(k, dim=1)
-        return {
-            "p_shift": torch.sigmoid(shift_logit),
-            "current_category": current,
-            "top_categories": top.indices,
-            "top_category_probs": top.values.exp(),
-        }
+        return self._summarise_migration(self._migration(seq_output, item_seq, item_seq_len), k)
+
+    @torch.no_grad()
+    def full_sort_predict_with_migration(self, interaction, k=None):
+        """``full_sort_predict`` and ``predict_migration`` from one encoder pass (serving, export).
+
+        The migration is None when the model has no categories.
+        """
+        log_probs, migration = self._log_probs(interaction)
+        return log_probs, None if migration is None else self._summarise_migration(migration, k)
