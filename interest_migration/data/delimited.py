@@ -216,7 +216,8 @@ class DelimitedFile:
     def _parse(self, block: bytes, tail: bool, first_line: int, positions, wanted, log: DropLog) -> RawChunk | None:
         n_lines = block.count(b"\n") + (1 if tail else 0)
         log.read(n_lines)
-        self.crlf_lines += block.count(b"\r\n")
+        if b"\r" in block:
+            self.crlf_lines += block.count(b"\r\n")
         sep = self.sep.encode()
         quoted = b'"' in block
         counts_ok = quoted or block.count(sep) == n_lines * (self.n_fields - 1)
@@ -243,8 +244,9 @@ class DelimitedFile:
                 pd.errors.DtypeWarning):
             return None
         frame = frame[positions]
-        if frame.isna().to_numpy().any():  # short lines, or empty/NaN numbers: let the exact path name them
-            return None
+        for column in frame.columns:  # short lines, or empty/NaN numbers: let the exact path name them
+            if not pd.api.types.is_integer_dtype(frame[column].dtype) and frame[column].isna().any():
+                return None
         return frame
 
     def _parse_lines(self, block: bytes, tail: bool, first_line: int, positions, wanted, log) -> RawChunk | None:

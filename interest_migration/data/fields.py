@@ -123,7 +123,7 @@ class Canonicalizer:
         for name in ("user", "item", "category"):
             if name in result:
                 result[name] = self.spec.vocabs[name].encode(result[name].to_numpy())
-        if "behavior" in result:
+        if "behavior" in result and result["behavior"].dtype == object:  # the typed path gives codes already
             result["behavior"] = self.spec.vocabs["behavior"].encode(result["behavior"].to_numpy()).astype(np.int8)
         result["line"] = lines[keep]
         return result
@@ -180,12 +180,14 @@ class Canonicalizer:
     def _behavior(self, column, keep, lines) -> np.ndarray:
         raw = column
         if isinstance(column.dtype, pd.CategoricalDtype) and self.spec.behaviors is not None:
-            # typed fast path: map the few categories, not every row
-            names = column.cat.categories.astype(str).str.strip()
-            mapped = np.append(np.asarray(names.map(self.spec.behaviors), dtype=object), None)
-            values = mapped[column.cat.codes.to_numpy()]  # code -1 (missing) -> None
-            self._drop("unknown_behavior", pd.isna(values), keep, lines, "behavior", raw)
-            return values
+            # typed fast path: map the few categories to behaviour codes, not every row
+            names = pd.Series(column.cat.categories.astype(str).str.strip()).map(self.spec.behaviors)
+            known = names.notna().to_numpy()
+            table = np.full(len(names) + 1, -1, dtype=np.int8)  # last slot: code -1, a missing value
+            table[:-1][known] = self.spec.vocabs["behavior"].encode(np.asarray(names[known], dtype=object))
+            codes = table[column.cat.codes.to_numpy()]
+            self._drop("unknown_behavior", codes < 0, keep, lines, "behavior", raw)
+            return codes
         text = column.astype(str).str.strip()
         self._drop("missing_behavior", (text == "").to_numpy(), keep, lines, "behavior", raw)
         if self.spec.behaviors is None:

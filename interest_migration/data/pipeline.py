@@ -62,7 +62,8 @@ class DatasetBuilder:
         self.folder = self._stage_cm.__enter__()
         self._spill_dir = self.folder / ".spill"
         self._spill_dir.mkdir()
-        self._files = [open(self._spill_path(p), "wb") for p in range(self.n_parts)]
+        self._files = [open(self._spill_path(p), "wb") for p in range(self.n_parts)] if self.n_parts > 1 else []
+        self._memory: list[np.ndarray] = []
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -143,8 +144,8 @@ class DatasetBuilder:
             self._collect_pairs(rec["item"], rec["cat"])
         else:
             rec["cat"] = -1
-        if self.n_parts == 1:
-            rec.tofile(self._files[0])
+        if self.n_parts == 1:  # small input: stays in memory, no spill file
+            self._memory.append(rec)
             return
         part = rec["user"] % self.n_parts
         order = np.argsort(part, kind="stable")
@@ -179,6 +180,10 @@ class DatasetBuilder:
 
     # -- output ----------------------------------------------------------------------------------
     def _load(self, p: int) -> np.ndarray:
+        if self.n_parts == 1:
+            rec = np.concatenate(self._memory) if self._memory else np.empty(0, dtype=RECORD)
+            self._memory = []
+            return rec
         return np.fromfile(self._spill_path(p), dtype=RECORD)
 
     def _prepare_partition(self, p: int) -> np.ndarray:
