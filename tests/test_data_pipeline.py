@@ -121,3 +121,16 @@ def test_mapping_errors_are_clear(tmp_path):
         generic.load_mapping(None, {"user": "a"}).columns()
     with pytest.raises(DataError, match="raw=name"):
         generic.parse_behavior_map("view:pv")
+
+
+def test_byte_order_mark_and_positional_columns(tmp_path):
+    log = tmp_path / "bom.csv"
+    log.write_bytes(b"\xef\xbb\xbfuser,item,time,cat\nu1,i1,1700000000,c1\nu1,i2,1700000001,c2\n")
+    manifest = generic.convert(log, tmp_path, "bom", generic.Mapping(user="user", item="item", timestamp="time",
+                                                                     category="cat"), CleaningOptions())
+    assert manifest["rows_kept"] == 2 and manifest["sources"][0]["utf8_bom"] is True
+    plain = tmp_path / "plain.csv"
+    plain.write_bytes(b"u1;i1;c1;1700000000\n")
+    manifest = generic.convert(plain, tmp_path, "pos", generic.Mapping(user=0, item=1, category=2, timestamp=3,
+                                                                       sep=";", header=False), CleaningOptions())
+    assert manifest["rows_kept"] == 1 and manifest["options"]["timestamp_unit"] == "s"

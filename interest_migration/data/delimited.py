@@ -81,8 +81,10 @@ def read_header(path, sep: str = ",", encoding: str = "utf-8") -> list[str]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as handle:
         first = handle.readline()
-    if first.startswith(b"\xef\xbb\xbf"):
-        first = first[3:]
+    return _split_header(first[3:] if first.startswith(b"\xef\xbb\xbf") else first, path, sep, encoding)
+
+
+def _split_header(first: bytes, path, sep: str, encoding: str) -> list[str]:
     try:
         text = first.rstrip(b"\r\n").decode(encoding)
     except UnicodeDecodeError as err:
@@ -147,13 +149,6 @@ class DelimitedFile:
             yield rest, True
 
     # -- public ----------------------------------------------------------------------------------
-    def _read_header(self, first_line: bytes) -> list:
-        try:
-            text = first_line.rstrip(b"\r\n").decode(self.encoding)
-        except UnicodeDecodeError as err:
-            raise DataError(f"{self.path}:1: the header is not valid {self.encoding} text ({err.reason})") from err
-        return [name.strip() for name in next(csv.reader([text], delimiter=self.sep))]
-
     def resolve(self, column) -> int:
         """Field position of a column given by header name or by position."""
         if isinstance(column, int) or (isinstance(column, str) and column.isdigit() and not self.has_header):
@@ -189,7 +184,7 @@ class DelimitedFile:
                         self.header_mode == "auto" and not any(c in b"0123456789" for c in first))
                     if has_header:
                         self.has_header = True
-                        self.columns = self._read_header(first)
+                        self.columns = _split_header(first, self.path, self.sep, self.encoding)
                         self.n_fields = self.n_fields or len(self.columns)
                         block = block[len(first):]
                         first_line_no = 2
