@@ -99,7 +99,7 @@ def test_mapping_from_yaml_or_command_line_gives_the_same_dataset(tmp_path):
     rc = main(["prepare", "csv", "--input", str(log), "--out", str(tmp_path / "a"), "--name", "o",
                "--mapping", str(tmp_path / "map.yaml")])
     assert rc == 0
-    rc = main(["prepare", "csv", "--input", str(log), "--out", str(tmp_path / "b"), "--name", "o", "--sep", "\t",
+    rc = main(["prepare", "csv", "--input", str(log), "--out", str(tmp_path / "b"), "--name", "o", "--sep", "\\t",
                "--user", "client", "--item", "product", "--timestamp", "ts_ms", "--behavior", "kind",
                "--category", "cat", "--behavior-map", "view=pv,buy=buy", "--timestamp-unit", "ms"])
     assert rc == 0

@@ -52,7 +52,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--mapping", help="YAML file with the column mapping (command-line options override it)")
     for key in ("user", "item", "timestamp", "category", "behavior"):
         p.add_argument(f"--{key}", help=f"source column (name, or position without header) of the {key}")
-    p.add_argument("--sep", help="field separator (default ',')")
+    p.add_argument("--sep", help="field separator (default ','; '\\t' or tab for TSV)")
     p.add_argument("--no-header", dest="header", action="store_const", const=False, help="the file has no header")
     p.add_argument("--encoding", help="text encoding (default utf-8)")
     p.add_argument("--id-type", choices=("token", "int"), help="ids are any strings (token) or integers (int)")

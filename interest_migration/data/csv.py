@@ -49,6 +49,9 @@ class Mapping:
     behaviors: dict | None = None
     item_file: dict | None = None
 
+    def __post_init__(self):
+        self.sep = separator(self.sep)
+
     def columns(self) -> dict:
         missing = [k for k in ("user", "item", "timestamp") if getattr(self, k) in (None, "")]
         if missing:
@@ -63,6 +66,15 @@ class Mapping:
         return FieldSpec(id_type=self.id_type, category_type=self.category_type, timestamp_unit=self.timestamp_unit,
                          timestamp_format=self.timestamp_format, behaviors=self.behaviors,
                          missing_category=missing_category)
+
+
+def separator(value) -> str:
+    """One character; ``\\t`` or ``tab`` as typed on a command line mean a tab."""
+    if value in ("\\t", "tab", "TAB"):
+        return "\t"
+    if not isinstance(value, str) or len(value) != 1:
+        raise DataError(f"separator must be one character (or \\t), got {value!r}")
+    return value
 
 
 def _column(value):
@@ -139,10 +151,11 @@ def convert(input, out_dir, name: str, mapping: Mapping, options: CleaningOption
         partitions = partitions_for(path.stat().st_size * (4 if path.suffix in (".gz", ".parquet", ".pq") else 1),
                                     BYTES_PER_ROW)
     with DatasetBuilder(name, out_dir, spec, options, log, converter=converter, partitions=partitions,
-                        overwrite=overwrite, filters=filters) as builder:
+                        overwrite=overwrite, filters=filters, progress=progress) as builder:
         builder.notes.extend(notes or [])
         if mapping.item_file:
             item_file = {"sep": mapping.sep, **mapping.item_file}
+            item_file["sep"] = separator(item_file["sep"])
             try:
                 table = read_item_table(spec, item_file.pop("path"), item_file.pop("item"), item_file.pop("category"),
                                         **item_file)

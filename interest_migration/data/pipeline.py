@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 from pandas._libs.hashtable import Int64HashTable  # a persistent hash set (pandas' own, used by pd.unique)
 
 from interest_migration.data import atomic
@@ -36,7 +37,8 @@ class DatasetBuilder:
     """Collects canonical chunks and writes ``<out>/<name>/`` with .inter, .item, .yaml and manifest."""
 
     def __init__(self, name: str, out_dir, spec: FieldSpec, options: CleaningOptions, log: DropLog, *,
-                 converter: str, partitions: int = 1, overwrite: bool = False, filters: dict | None = None):
+                 converter: str, partitions: int = 1, overwrite: bool = False, filters: dict | None = None,
+                 progress: bool | None = None):
         self.name = name
         self.target = atomic.dataset_path(out_dir, name)
         self.spec, self.options, self.log = spec, options, log
@@ -44,6 +46,7 @@ class DatasetBuilder:
         self.n_parts = max(1, int(partitions))
         self.overwrite = overwrite
         self.filters = filters or {}
+        self.progress = progress
         self.sources: list[dict] = []
         self.notes: list[str] = []
         self._seq = 0
@@ -76,6 +79,11 @@ class DatasetBuilder:
                 raise err
             return self._stage_cm.__exit__(None, None, None)
         return self._stage_cm.__exit__(exc_type, exc, tb)
+
+    def _progress(self, desc: str):
+        """Partitions, with a progress bar when there are several and progress is on."""
+        show = self.n_parts > 1 if self.progress is None else self.progress and self.n_parts > 1
+        return tqdm(range(self.n_parts), desc=desc, unit="part", disable=not show)
 
     def _spill_path(self, p: int) -> Path:
         return self._spill_dir / f"part-{p:04d}.bin"
@@ -239,7 +247,7 @@ class DatasetBuilder:
         log.check()
         # pass 1: de-duplicate and sort each partition (kept in memory when there is only one)
         parts = []
-        for p in range(self.n_parts):
+        for p in self._progress("sorting partitions"):
             rec = self._prepare_partition(p)
             if self.n_parts == 1:
                 parts.append(rec)
@@ -259,7 +267,7 @@ class DatasetBuilder:
         t_min, t_max = math.inf, -math.inf
         with open(inter_path, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(atomic.header(inter_fields))
-            for p in range(self.n_parts):
+            for p in self._progress(f"writing {self.name}.inter"):
                 rec = parts[p] if parts[p] is not None else np.fromfile(self._spill_path(p), dtype=RECORD)
                 parts[p] = None
                 if len(bad_users) or len(bad_items):
