@@ -74,7 +74,7 @@ def convert(input, out_dir, name: str = "diginetica", options: CleaningOptions |
                              + ("each one a user 's<sessionId>'" if anonymous == "session" else "dropped"))
         items, cats, entry = read_item_table(spec, paths["categories"], "itemId", "categoryId", sep=SEP)
         builder.set_item_table(items, cats)
-        for index, (kind, behavior) in enumerate((("views", "pv"), ("purchases", "buy"))):
+        for kind, behavior in (("views", "pv"), ("purchases", "buy")):
             path = paths.get(kind)
             if path is None:
                 continue
@@ -86,7 +86,7 @@ def convert(input, out_dir, name: str = "diginetica", options: CleaningOptions |
             for chunk in source.chunks(cols, log):
                 frame = _events(chunk.frame, chunk.lines, behavior, anonymous, log, str(path))
                 if len(frame):
-                    builder.add(canon(frame, frame.pop("line").to_numpy()), source=str(path), source_index=index)
+                    builder.add(canon(frame, frame.pop("line").to_numpy()), source=str(path))
                 log.check()
             log.check()
             if source.sha256 is None:

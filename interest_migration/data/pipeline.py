@@ -2,8 +2,8 @@
 
 Rows arrive in chunks (:meth:`DatasetBuilder.add`) and are spilled to ``partitions`` binary files in
 the staging folder, split by user. At :meth:`DatasetBuilder.finish` each partition is loaded on its
-own, de-duplicated and sorted by (user, time, source order), so memory depends on the partition
-size, not the input size. A k-core needs global item counts: it re-reads the partitions until no
+own, de-duplicated and stably sorted by (user, time) (ties keep the source order), so memory depends
+on the partition size, not the input size. A k-core needs global item counts: it re-reads the partitions until no
 user or item falls below the threshold, keeping only per-user/per-item counts in memory.
 With more than one partition, users are grouped and time-ordered, but partition after partition.
 """
@@ -14,17 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 from pandas._libs.hashtable import Int64HashTable  # a persistent hash set (pandas' own, used by pd.unique)
+from tqdm import tqdm
 
 from interest_migration.data import atomic
 from interest_migration.data.cleaning import CleaningOptions, DataError, DropLog, below_threshold, outside_window
 from interest_migration.data.fields import UNKNOWN_CATEGORY, FieldSpec, TokenVocab
 from interest_migration.data.manifest import build_manifest, write_manifest
 
-RECORD = np.dtype([("user", "<i8"), ("item", "<i8"), ("ts", "<f8"), ("seq", "<i8"), ("line", "<i8"),
-                   ("cat", "<i8"), ("beh", "i1"), ("src", "i1")])
-#: rows per partition the sorter aims for (about 50 bytes each in memory, a few copies while sorting)
+#: one spilled row; rows stay in source order within a partition, which is what breaks time ties
+RECORD = np.dtype([("user", "<i8"), ("item", "<i8"), ("ts", "<f8"), ("line", "<i8"), ("cat", "<i8"), ("beh", "i1")])
+#: rows per partition the sorter aims for (41 bytes each in memory, a few copies while sorting)
 PARTITION_ROWS = 1_000_000
 
 
@@ -49,7 +49,6 @@ class DatasetBuilder:
         self.progress = progress
         self.sources: list[dict] = []
         self.notes: list[str] = []
-        self._seq = 0
         self._has = {"behavior": False, "category": False}
         self._integral_ts = True
         self._pairs: list[pd.DataFrame] = []
@@ -92,8 +91,8 @@ class DatasetBuilder:
     def add_source(self, path, sha256: str, role: str = "interactions", **extra) -> None:
         self.sources.append({"role": role, "path": str(path), "sha256": sha256, **extra})
 
-    def set_item_table(self, items: np.ndarray, categories, extra: dict[str, tuple[str, np.ndarray]] | None = None,
-                       source_index: int = 0) -> None:
+    def set_item_table(self, items: np.ndarray, categories,
+                       extra: dict[str, tuple[str, np.ndarray]] | None = None) -> None:
         """Item features known up front (item codes, category tokens, optional extra fields).
 
         ``extra``: field name -> (RecBole type, values). Interactions whose item is not in the table
@@ -109,7 +108,7 @@ class DatasetBuilder:
         self._item_table = table.drop_duplicates("item").set_index("item")
         self._has["category"] = True
 
-    def add(self, frame: pd.DataFrame, source: str = "", source_index: int = 0) -> None:
+    def add(self, frame: pd.DataFrame, source: str = "") -> None:
         """Append canonical rows (user, item, timestamp, line, optional behavior/category codes)."""
         if not len(frame):
             return
@@ -136,10 +135,7 @@ class DatasetBuilder:
         rec["user"] = frame["user"].to_numpy()[keep]
         rec["item"] = items[keep]
         rec["ts"] = ts[keep]
-        rec["seq"] = np.arange(self._seq, self._seq + n)
         rec["line"] = lines[keep]
-        rec["src"] = source_index
-        self._seq += n
         self._integral_ts = self._integral_ts and bool(np.all(np.floor(rec["ts"]) == rec["ts"]))
         if "behavior" in frame:
             self._has["behavior"] = True
