@@ -134,3 +134,21 @@ def test_byte_order_mark_and_positional_columns(tmp_path):
     manifest = generic.convert(plain, tmp_path, "pos", generic.Mapping(user=0, item=1, category=2, timestamp=3,
                                                                        sep=";", header=False), CleaningOptions())
     assert manifest["rows_kept"] == 1 and manifest["options"]["timestamp_unit"] == "s"
+
+
+def test_parquet_log_converts_like_the_same_csv(tmp_path):
+    frame = pd.DataFrame({
+        "client": ["A", "A", "B", "A"], "product": ["p1", "p2", "p1", "p3"],
+        "ts": [1700000000, 1700000005, 1700000001, 1700000002], "cat": ["shoes", "hats", "shoes", "shoes"],
+    })
+    frame.to_parquet(tmp_path / "log.parquet", index=False)
+    frame.to_csv(tmp_path / "log.csv", index=False)
+    mapping = ["--user", "client", "--item", "product", "--timestamp", "ts", "--category", "cat"]
+    for source, out in (("log.parquet", "p"), ("log.csv", "c")):
+        rc = main(["prepare", "csv", "--input", str(tmp_path / source), "--out", str(tmp_path / out), "--name", "o",
+                   *mapping])
+        assert rc == 0
+    for name in ("o.inter", "o.item"):
+        assert (tmp_path / "p" / "o" / name).read_text() == (tmp_path / "c" / "o" / name).read_text()
+    manifest = json.loads((tmp_path / "p" / "o" / "manifest.json").read_text())
+    assert manifest["rows_read"] == 4 and manifest["rows_kept"] == 4
