@@ -14,6 +14,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: stable timings on 2 cores, no oversubscription next to subprocess tests."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -46,31 +46,24 @@ _MASKED = -1e9  # finite "minus infinity": keeps log-softmax free of NaN when a 
 
 
 class CausalConvBlock(nn.Module):
-    """Pre-norm residual block of two causal dilated convolutions (NextItNet style).
+    """Pre-norm residual block around one causal dilated convolution.
 
-    One dropout per block, on the residual branch: dropout masks dominate CPU training time.
     The input is padded on the left only, so position ``t`` never sees positions after ``t``;
-    RecBole pads sequences on the right, so those pads cannot reach the real positions.
+    RecBole pads sequences on the right, so those pads cannot reach the real positions. One
+    convolution and one dropout per block keep the CPU cost at about half of SASRec's.
     """
 
     def __init__(self, channels, kernel_size, dilation, dropout_prob):
         super().__init__()
         self.left_pad = (kernel_size - 1) * dilation
-        self.norm1 = nn.LayerNorm(channels)
-        self.conv1 = nn.Conv1d(channels, channels, kernel_size, dilation=dilation)
-        self.norm2 = nn.LayerNorm(channels)
-        self.conv2 = nn.Conv1d(channels, channels, kernel_size, dilation=dilation)
+        self.norm = nn.LayerNorm(channels)
+        self.conv = nn.Conv1d(channels, channels, kernel_size, dilation=dilation)
         self.dropout = nn.Dropout(dropout_prob)
 
-    def _causal_conv(self, conv, x):
-        # x: [B, L, D] -> [B, L, D]
-        x = F.pad(x.transpose(1, 2), (self.left_pad, 0))
-        return conv(x).transpose(1, 2)
-
     def forward(self, x):
-        y = self._causal_conv(self.conv1, F.gelu(self.norm1(x)))
-        y = self._causal_conv(self.conv2, F.gelu(self.norm2(y)))
-        return x + self.dropout(y)
+        # x: [B, L, D] -> [B, L, D]
+        y = F.pad(F.gelu(self.norm(x)).transpose(1, 2), (self.left_pad, 0))
+        return x + self.dropout(self.conv(y).transpose(1, 2))
 
 
 class InterestShiftCNN(SequentialRecommender):
