@@ -32,6 +32,9 @@ class RunRecord:
     best_valid: dict = field(default_factory=dict)
     test: dict = field(default_factory=dict)
     epoch_seconds: list = field(default_factory=list)
+    #: CPU seconds of this process per training epoch: on a shared machine wall time measures the
+    #: other jobs as much as the model, CPU time much less so
+    epoch_cpu_seconds: list = field(default_factory=list)
     eval_seconds: list = field(default_factory=list)
     n_params: int = 0
     checkpoint: str | None = None
@@ -48,6 +51,11 @@ class RunRecord:
         return sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else 0.0
 
     @property
+    def cpu_seconds_per_epoch(self) -> float:
+        cpu = self.epoch_cpu_seconds
+        return sum(cpu) / len(cpu) if cpu else 0.0
+
+    @property
     def train_seconds(self) -> float:
         return sum(self.epoch_seconds)
 
@@ -61,6 +69,7 @@ class RunRecord:
         row.update(
             epochs=self.epochs,
             seconds_per_epoch=self.seconds_per_epoch,
+            cpu_seconds_per_epoch=self.cpu_seconds_per_epoch,
             train_seconds=self.train_seconds,
             test_eval_seconds=self.test_eval_seconds,
         )
@@ -155,11 +164,12 @@ def _timed_trainer(trainer_cls, record: RunRecord):
             return torch.from_numpy(rows.row.astype(np.int64)), torch.from_numpy(rows.col.astype(np.int64))
 
         def _train_epoch(self, *args, **kwargs):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             try:
                 return super()._train_epoch(*args, **kwargs)
             finally:
                 record.epoch_seconds.append(time.perf_counter() - start)
+                record.epoch_cpu_seconds.append(time.process_time() - cpu_start)
 
         def evaluate(self, eval_data, *args, **kwargs):
             self._seen_items = getattr(eval_data, "seen_items", None)

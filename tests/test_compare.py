@@ -60,7 +60,8 @@ def test_writes_every_output(comparison):
     ok = table[table["model"] != "Broken"]
     assert ok["ndcg@10"].between(0, 1).all() and (ok["n_test_users"] == N_USERS).all()
     assert (ok["ndcg@10_ci_low"] <= ok["ndcg@10"]).all() and (ok["ndcg@10"] <= ok["ndcg@10_ci_high"]).all()
-    for column in ("seconds_per_epoch", "train_seconds", "test_eval_seconds", "peak_rss_mb", "n_params"):
+    for column in ("seconds_per_epoch", "cpu_seconds_per_epoch", "train_seconds", "test_eval_seconds",
+                   "peak_rss_mb", "n_params"):
         assert (ok[column] > 0).all(), column
     info = json.loads((out / "results.json").read_text())
     assert info["protocols"]["novel"]["exclude_seen_items"] is True

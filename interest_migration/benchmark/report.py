@@ -16,7 +16,8 @@ import pandas as pd
 from interest_migration.utils.io import atomic_path, atomic_write_text
 
 HEADLINE = ["ndcg@10", "recall@10", "mrr@10", "hit@10", "ndcg@20", "recall@20", "mrr@20", "hit@20"]
-COST = ["epochs", "seconds_per_epoch", "train_seconds", "test_eval_seconds", "peak_rss_mb", "n_params"]
+COST = ["epochs", "seconds_per_epoch", "cpu_seconds_per_epoch", "train_seconds", "test_eval_seconds",
+        "peak_rss_mb", "n_params"]
 
 
 def summarise(results: list[dict], per_user: dict) -> pd.DataFrame:
@@ -35,7 +36,7 @@ def summarise(results: list[dict], per_user: dict) -> pd.DataFrame:
             if "ndcg@10" in valid.columns:
                 row["valid_ndcg@10"] = float(valid["ndcg@10"].mean())
             for key in COST:
-                row[key] = float(ok[key].mean())
+                row[key] = float(ok[key].mean()) if key in ok else float("nan")  # older run files lack CPU time
             row["n_test_users"] = int(ok["n_test_users"].max())
             users = per_user.get((protocol, label))
             if users is not None and "ndcg@10" in users:
@@ -60,8 +61,8 @@ def markdown_table(summary: pd.DataFrame, protocol: str) -> str:
     """The Markdown table of one protocol."""
     rows = summary[summary["protocol"] == protocol]
     header = ("| model | NDCG@10 | 95% CI | Recall@10 | MRR@10 | Hit@10 | NDCG@20 | Recall@20 | valid NDCG@10 "
-              "| epochs | s/epoch | train s | eval s | peak RSS MB | params | note |")
-    lines = [header, "|---|" + "---:|" * 14 + "---|"]
+              "| epochs | s/epoch | CPU s/epoch | train s | eval s | peak RSS MB | params | note |")
+    lines = [header, "|---|" + "---:|" * 15 + "---|"]
     for _, r in rows.iterrows():
         def metric(name):
             value = r.get(name)
@@ -79,7 +80,8 @@ def markdown_table(summary: pd.DataFrame, protocol: str) -> str:
         lines.append(
             f"| {r['model']} | {metric('ndcg@10')} | {ci} | {metric('recall@10')} | {metric('mrr@10')} "
             f"| {metric('hit@10')} | {metric('ndcg@20')} | {metric('recall@20')} | {_fmt(r.get('valid_ndcg@10'))} "
-            f"| {_fmt(r.get('epochs'), 1)} | {_fmt(r.get('seconds_per_epoch'), 2)} | {_fmt(r.get('train_seconds'), 1)} "
+            f"| {_fmt(r.get('epochs'), 1)} | {_fmt(r.get('seconds_per_epoch'), 2)} "
+            f"| {_fmt(r.get('cpu_seconds_per_epoch'), 2)} | {_fmt(r.get('train_seconds'), 1)} "
             f"| {_fmt(r.get('test_eval_seconds'), 2)} | {_fmt(r.get('peak_rss_mb'), 0)} "
             f"| {_fmt(int(r['n_params'])) if np.isfinite(r.get('n_params', np.nan)) else '–'} | {note.replace('|', '/')} |"
         )

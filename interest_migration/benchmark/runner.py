@@ -24,7 +24,8 @@ from pathlib import Path
 from interest_migration.utils.io import atomic_path, atomic_write_text
 
 #: result keys copied from RunRecord.as_dict()
-COST_KEYS = ("epochs", "seconds_per_epoch", "train_seconds", "test_eval_seconds", "n_params", "peak_rss_mb")
+COST_KEYS = ("epochs", "seconds_per_epoch", "cpu_seconds_per_epoch", "train_seconds", "test_eval_seconds",
+             "n_params", "peak_rss_mb")
 
 
 @dataclass
