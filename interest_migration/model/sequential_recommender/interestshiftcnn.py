@@ -11,7 +11,9 @@ explicitly instead of leaving it implicit in one big softmax:
 * three heads read the user state at the last real position:
 
   - ``p_shift``: probability that the next category differs from the current one (sigmoid);
-  - ``q(c)``: distribution of the next category *given a shift* (softmax over the other categories);
+  - ``q(c)``: distribution of the next category *given a shift* (softmax over the other categories,
+    scored against the category embeddings, with a recency-aware bonus for categories already in
+    the sequence: shoppers often migrate back to an earlier interest);
   - ``s(i)``: item scores, normalised *within* each category, plus a learned recency-aware bonus
     for items already in the sequence, because shoppers return to what they saw.
 
@@ -110,7 +112,8 @@ class InterestShiftCNN(SequentialRecommender):
             self.register_buffer("category_has_items", has_items)
             self.category_embedding = nn.Embedding(self.n_categories, self.embedding_size, padding_idx=0)
             self.shift_head = nn.Linear(self.embedding_size, 1)
-            self.category_head = nn.Linear(self.embedding_size, self.n_categories)
+            self.category_bias = nn.Parameter(torch.zeros(self.n_categories))
+            self.category_repeat_head = nn.Linear(self.embedding_size, self.repeat_buckets)
         if self.use_behavior:
             self.behavior_embedding = nn.Embedding(
                 dataset.num(self.BEHAVIOR_FIELD), self.embedding_size, padding_idx=0
@@ -229,21 +232,32 @@ class InterestShiftCNN(SequentialRecommender):
         time_seq = interaction[self.TIME_SEQ] if self.use_time else None
         return item_seq, item_seq_len, self.forward(item_seq, item_seq_len, behavior_seq, time_seq)
 
+    def _repeat_bonus(self, head, seq_output, id_seq, item_seq_len, scores):
+        """Add to ``scores`` [B, n] a user-specific bonus per recency bucket for every id in ``id_seq``.
+
+        Ids seen several times collect one bonus per occurrence, so frequency counts too.
+        """
+        positions = torch.arange(id_seq.size(1), device=id_seq.device).unsqueeze(0)
+        recency = item_seq_len.unsqueeze(1) - 1 - positions  # 0 = last event
+        bonus = head(seq_output).gather(1, recency.clamp(0, self.repeat_buckets - 1))
+        return scores.scatter_add(1, id_seq, bonus * (recency >= 0))
+
     def _item_scores(self, seq_output, item_seq, item_seq_len):
         """Unnormalised item scores [B, n_items]: preference + bias + recency-aware repeat bonus."""
         scores = seq_output @ self.item_embedding.weight.t() + self.item_bias
-        positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
-        recency = item_seq_len.unsqueeze(1) - 1 - positions  # 0 = last item
-        real = recency >= 0
-        bonus = self.repeat_head(seq_output).gather(1, recency.clamp(0, self.repeat_buckets - 1))
-        scores = scores.scatter_add(1, item_seq, bonus * real)
+        scores = self._repeat_bonus(self.repeat_head, seq_output, item_seq, item_seq_len, scores)
         return scores.index_fill(1, torch.zeros(1, dtype=torch.long, device=scores.device), _MASKED)  # padding item
 
     def _migration(self, seq_output, item_seq, item_seq_len):
         """(shift logit [B], log P(c) [B, C], masked q-logits [B, C], current category [B])."""
         current = self.item2cat[item_seq.gather(1, (item_seq_len - 1).unsqueeze(1)).squeeze(1)]
         shift_logit = self.shift_head(seq_output).squeeze(-1)
-        q_logits = self.category_head(seq_output).masked_fill(~self.category_has_items, _MASKED)
+        # shoppers often migrate *back*: categories already in the sequence get a recency bonus
+        q_logits = seq_output @ self.category_embedding.weight.t() + self.category_bias
+        q_logits = self._repeat_bonus(
+            self.category_repeat_head, seq_output, self.item2cat[item_seq], item_seq_len, q_logits
+        )
+        q_logits = q_logits.masked_fill(~self.category_has_items, _MASKED)
         q_logits = q_logits.scatter(1, current.unsqueeze(1), _MASKED)  # q is *given a shift*
         log_p_cat = F.logsigmoid(shift_logit).unsqueeze(1) + F.log_softmax(q_logits, dim=1)
         log_p_cat = log_p_cat.scatter(1, current.unsqueeze(1), F.logsigmoid(-shift_logit).unsqueeze(1))
