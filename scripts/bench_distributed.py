@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_data import prepared_dataset  # scripts/bench_data.py
+
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO.parent / "shared" / "datasets" / "taobao-userbehavior-head" / "UserBehavior.csv"
 DATASET = "taobao"
@@ -37,19 +39,10 @@ _TEST = re.compile(r"test result: OrderedDict\((\[.*\])\)")
 
 
 def prepare_data(data_path, workdir: Path, min_item_inter: int) -> Path:
-    if data_path is not None:
-        root = Path(data_path).resolve()
-        if not (root / DATASET / f"{DATASET}.inter").is_file():
-            sys.exit(f"error: {root / DATASET / (DATASET + '.inter')} not found")
-        return root
-    root = workdir / "datasets"
-    subprocess.run(
-        [sys.executable, "-m", "interest_migration", "prepare", "taobao", "--input", str(SOURCE), "--out", str(root),
-         "--name", DATASET, "--min-user-inter", "5", "--min-item-inter", str(min_item_inter), "--no-progress"],
-        check=True,
-        cwd=REPO,
+    return prepared_dataset(
+        data_path, workdir, DATASET,
+        ["taobao", "--input", str(SOURCE), "--min-user-inter", "5", "--min-item-inter", str(min_item_inter)],
     )
-    return root
 
 
 def _cores() -> int:

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_data import prepared_dataset  # scripts/bench_data.py
+
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO.parent / "shared" / "datasets" / "amazon-5core"
 DATASET = "amazon-beauty"
@@ -71,19 +73,7 @@ def measure(args) -> dict:
 
 
 def prepare_data(data_path, workdir: Path) -> Path:
-    if data_path is not None:
-        root = Path(data_path).resolve()
-        if not (root / DATASET / f"{DATASET}.inter").is_file():
-            sys.exit(f"error: {root / DATASET / (DATASET + '.inter')} not found")
-        return root
-    root = workdir / "datasets"
-    subprocess.run(
-        [sys.executable, "-m", "interest_migration", "prepare", "amazon", "--input", str(SOURCE), "--out", str(root),
-         "--name", DATASET, "--no-progress"],
-        check=True,
-        cwd=REPO,
-    )
-    return root
+    return prepared_dataset(data_path, workdir, DATASET, ["amazon", "--input", str(SOURCE)])
 
 
 def train_and_convert(model: str, data_root: Path, workdir: Path, epochs: int) -> tuple[Path, float]:

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_data import prepared_dataset  # scripts/bench_data.py
+
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO.parent / "shared" / "datasets" / "amazon-5core"
 DATASET = "amazon-beauty"
@@ -53,19 +55,7 @@ def parse_args():
 
 
 def prepare_data(data_path, workdir: Path) -> Path:
-    if data_path is not None:
-        root = Path(data_path)
-        if not (root / DATASET / f"{DATASET}.inter").is_file():
-            sys.exit(f"error: {root / DATASET / (DATASET + '.inter')} not found")
-        return root
-    root = workdir / "datasets"
-    subprocess.run(
-        [sys.executable, "-m", "interest_migration", "prepare", "amazon", "--input", str(SOURCE), "--out", str(root),
-         "--no-progress"],
-        check=True,
-        cwd=REPO,
-    )
-    return root
+    return prepared_dataset(data_path, workdir, DATASET, ["amazon", "--input", str(SOURCE)])
 
 
 def build_model(data_root: Path, workdir: Path):

@@ -19,15 +19,6 @@ def export_base(tmp_path_factory) -> Path:
     return tmp_path_factory.getbasetemp() / "export-models"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models: a second thread only adds contention on a busy shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pickled(export_base) -> Path:
     return trained(export_base, "InterestShiftCNN")

@@ -37,15 +37,6 @@ MAX_LEN = 20  # planted_config's MAX_ITEM_LIST_LENGTH
 ITEMS_PER_CATEGORY = 8  # write_planted_dataset's default
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models: a second thread only adds contention on a busy shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A trained model, as a safe checkpoint and loaded, with the planted data it learned from."""
