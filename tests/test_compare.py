@@ -141,3 +141,14 @@ def test_exclude_seen_items_masks_every_model_type(tmp_path, one_thread):
         assert (found[True] == 0).all(), f"{model}: a seen item was ranked"
         if False in found:  # RecBole never masks sequential models: without exclusion repeats are found
             assert found[False].sum() > 0, f"{model}: repeat targets never found without masking"
+
+
+def test_summary_of_runs_that_all_succeeded():
+    from interest_migration.benchmark.report import summarise
+
+    run = {"protocol": "repeats", "label": "Pop", "status": "ok", "test": {"ndcg@10": 0.25}, "best_valid": {},
+           "epochs": 1, "seconds_per_epoch": 0.1, "train_seconds": 0.1, "test_eval_seconds": 0.1,
+           "peak_rss_mb": 10.0, "n_params": 1, "n_test_users": 4}
+    summary = summarise([run, {**run, "seed": 1, "test": {"ndcg@10": 0.35}}], {})
+    assert summary.loc[0, "ndcg@10"] == pytest.approx(0.30)
+    assert summary.loc[0, "error"] == ""

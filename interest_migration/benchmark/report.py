@@ -43,7 +43,8 @@ def summarise(results: list[dict], per_user: dict) -> pd.DataFrame:
                 from interest_migration.benchmark.per_user import mean_ci
 
                 _, row["ndcg@10_ci_low"], row["ndcg@10_ci_high"] = mean_ci(users["ndcg@10"])
-        errors = group.loc[group["status"] != "ok", "error"].dropna()
+        failed = group[group["status"] != "ok"]
+        errors = failed["error"].dropna() if "error" in failed else failed["status"].iloc[:0]
         row["error"] = "; ".join(sorted(set(errors)))[:300] if len(errors) else ""
         rows.append(row)
     return pd.DataFrame(rows)
