@@ -20,6 +20,10 @@ def configure_parser(parser):
     parser.add_argument("--models", nargs="+", default=list(DEMO_MODELS), help="models to compare")
     parser.add_argument("--epochs", type=int, default=DEMO_SCHEDULE["epochs"], help="maximum training epochs")
     parser.add_argument("--config-dir", default=None, help="folder with protocol.yaml, datasets/, models/")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads (default 1: with 2, any other busy process makes training many times slower)",
+    )
 
 
 def format_table(records) -> str:
@@ -34,9 +38,12 @@ def format_table(records) -> str:
 
 
 def run(args) -> int:
+    import torch
+
     from interest_migration.configs import config_files_for
     from interest_migration.experiment import run_model
 
+    torch.set_num_threads(args.threads)
     records = []
     for model in args.models:
         print(f"== training {model} on ml-100k", flush=True)
