@@ -27,6 +27,8 @@ def _config_dir(root: Path) -> Path:
         "MAX_ITEM_LIST_LENGTH": 20, "train_batch_size": 128, "eval_batch_size": 256, "stopping_step": 1,
     }
     (cfg / "datasets" / "planted.yaml").write_text(yaml.safe_dump(dataset))
+    # read after planted.yaml, for the novel protocol only
+    (cfg / "datasets" / "planted-novel.yaml").write_text("train_batch_size: 64\n")
     shutil.copy(REPO / "recbole_configs" / "models" / "Pop.yaml", cfg / "models" / "Pop.yaml")
     (cfg / "models" / "InterestShiftCNN.yaml").write_text(yaml.safe_dump({**TINY_MODEL, "learning_rate": 0.005}))
     # A model that crashes when RecBole builds it: the comparison must report it, not die.
@@ -71,6 +73,14 @@ def test_writes_every_output(comparison):
     assert sum(row["users"] for row in info["buckets"]["novel"]["table"]) == N_USERS
     markdown = (out / "results.md").read_text()
     assert "## Protocol `repeats`" in markdown and "## Protocol `novel`" in markdown
+
+
+def test_protocol_dataset_yaml_applies_to_its_protocol_only(comparison):
+    runs = comparison["out"] / "runs"
+    novel = json.loads((runs / "novel" / "Pop-seed2020.spec.json").read_text())["config_files"]
+    repeats = json.loads((runs / "repeats" / "Pop-seed2020.spec.json").read_text())["config_files"]
+    assert [Path(f).name for f in novel] == ["protocol.yaml", "planted.yaml", "planted-novel.yaml", "Pop.yaml"]
+    assert [Path(f).name for f in repeats] == ["protocol.yaml", "planted.yaml", "Pop.yaml"]
 
 
 def test_crashed_model_is_a_row_that_says_why(comparison):
