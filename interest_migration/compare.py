@@ -43,7 +43,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", default="main", help="run name: the results go to <out>/<dataset>/<run>/")
     parser.add_argument("--data-path", default="datasets", help="folder holding <dataset>/ (default: datasets)")
     parser.add_argument("--config-dir", default=None, help="folder with protocol.yaml, datasets/, models/")
-    parser.add_argument("--max-epochs", type=int, default=None, help="cap every model's epochs at this many")
+    parser.add_argument("--max-epochs", nargs="+", default=None, metavar="N|PROTOCOL=N",
+                        help="cap every model's epochs at N, or per protocol, e.g. repeats=60 novel=200")
     parser.add_argument("--timeout", type=float, default=None, help="seconds one model run may take (default: none)")
     parser.add_argument("--ours", default=OURS, help=f"the model tested against the best baseline (default {OURS})")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep each run's RecBole checkpoint")
@@ -128,6 +129,19 @@ def _machine(threads: int) -> str:
 
 # --------------------------------------------------------------------------- the comparison
 
+def epoch_caps(values) -> dict:
+    """``--max-epochs`` as {protocol: cap}: ``["60"]`` caps every protocol, ``["repeats=60"]`` one."""
+    from interest_migration.benchmark.protocols import PROTOCOLS
+
+    caps = {}
+    for value in values or []:
+        name, _, number = value.rpartition("=")
+        if not number.isdigit() or (name and name not in PROTOCOLS):
+            raise ValueError(f"--max-epochs {value!r}: expected N or PROTOCOL=N with PROTOCOL in {sorted(PROTOCOLS)}")
+        caps.update({p: int(number) for p in ([name] if name else PROTOCOLS)})
+    return caps
+
+
 def protocol_dataset_yaml(config_dir: Path, dataset: str, protocol: str) -> list[str]:
     """``datasets/<dataset>-<protocol>.yaml`` when it exists: settings one protocol needs on one dataset.
 
@@ -150,9 +164,10 @@ def build_specs(args, config_dir: Path, models, protocols, data: dict, seeds, ov
             at = files.index(dataset_yaml) + 1 if dataset_yaml in files else 1  # right after protocol/dataset
             files[at:at] = protocol_dataset_yaml(config_dir, args.dataset, protocol.name)
             config = {**protocol.config(), "data_path": data[protocol.name]["data_path"], **overrides}
-            if args.max_epochs is not None:
-                epochs = config.get("epochs", merged_yaml(files).get("epochs", args.max_epochs))
-                config["epochs"] = min(int(epochs), args.max_epochs)
+            cap = epoch_caps(args.max_epochs).get(protocol.name)
+            if cap is not None:
+                epochs = config.get("epochs", merged_yaml(files).get("epochs", cap))
+                config["epochs"] = min(int(epochs), cap)
             for seed in seeds:
                 specs.append(RunSpec(label=label, model=model, protocol=protocol.name, seed=seed,
                                      dataset=data[protocol.name]["dataset"], config_files=files,

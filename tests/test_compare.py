@@ -162,3 +162,13 @@ def test_summary_of_runs_that_all_succeeded():
     summary = summarise([run, {**run, "seed": 1, "test": {"ndcg@10": 0.35}}], {})
     assert summary.loc[0, "ndcg@10"] == pytest.approx(0.30)
     assert summary.loc[0, "error"] == ""
+
+
+def test_epoch_caps_per_protocol():
+    from interest_migration.compare import epoch_caps
+
+    assert epoch_caps(["60"]) == {"repeats": 60, "novel": 60}
+    assert epoch_caps(["repeats=60", "novel=200"]) == {"repeats": 60, "novel": 200}
+    assert epoch_caps(None) == {}
+    with pytest.raises(ValueError, match="PROTOCOL=N"):
+        epoch_caps(["sometimes=3"])
