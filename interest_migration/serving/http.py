@@ -139,6 +139,9 @@ class Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "interest-migration"
+    # buffer each reply so that headers and body leave in one send(); the stdlib's
+    # handle_one_request flushes after every request
+    wbufsize = 1 << 16
     sys_version = ""
 
     # set by make_server on a subclass
@@ -160,7 +163,8 @@ class Handler(BaseHTTPRequestHandler):
 
     # -------------------------------------------------------------- plumbing
     def log_message(self, format, *args):  # noqa: A002  (stdlib signature)
-        logger.debug("%s %s", self.address_string(), format % args)
+        if logger.isEnabledFor(logging.DEBUG):  # called for every request: format only when shown
+            logger.debug("%s %s", self.address_string(), format % args)
 
     def _reply(self, status: int, payload: dict, close: bool = False) -> None:
         body = json.dumps(payload, ensure_ascii=False).encode("utf-8")

@@ -18,8 +18,7 @@ import logging
 import math
 import threading
 import time
-from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -83,7 +82,15 @@ class _Request:
     behaviors: list
     times: list
     seen: list
-    future: Future
+    result: dict | None = None
+    error: BaseException | None = None
+    finished: bool = False
+    # set when the request is finished, or when its caller is handed the lead of the next batch
+    wake: threading.Event = field(default_factory=threading.Event)
+
+    def finish(self, result: dict | None = None, error: BaseException | None = None) -> None:
+        self.result, self.error, self.finished = result, error, True
+        self.wake.set()
 
 
 class OnlineRecommender:
@@ -129,8 +136,8 @@ class OnlineRecommender:
         self._histories: dict[str, _History] = {}
         self._popular_ids, self._popular_scores = self._seed_from_dataset()
         self._queue: collections.deque[_Request] = collections.deque()
-        self._queue_changed = threading.Condition()
-        self._scoring = False  # a caller is running a batch
+        self._queue_lock = threading.Lock()
+        self._scoring = False  # a caller leads: it scores batches until its own result is in
         self.batch_sizes: collections.Counter[int] = collections.Counter()  # micro-batch size -> count
 
         self.event_log = None
@@ -333,13 +340,14 @@ class OnlineRecommender:
                 list(history.behaviors),
                 list(history.times),
                 self._seen_items(history) if exclude_seen else [],
-                Future(),
             )
         if self.batching:
             self._batched(request)
         else:
             self._run_batch([request])
-        return request.future.result()
+        if request.error is not None:
+            raise request.error
+        return request.result
 
     def _seen_items(self, history: _History) -> list[int]:
         seen = list(history.seen)
@@ -363,37 +371,40 @@ class OnlineRecommender:
     def _batched(self, request: _Request) -> None:
         """Leader/follower micro-batching: no worker thread, no waiting for a batch to fill.
 
-        A caller that finds nobody scoring runs the model itself on every request queued so far
-        (its own included); callers arriving meanwhile queue up and wait, and when a batch is
-        done one of the waiters whose request is still pending leads the next. Alone, a caller
-        scores its own request at once; under load one forward pass serves many callers.
+        A caller that finds nobody scoring leads: it runs the model on every request queued so
+        far (its own included) until its own result is in, then hands the lead to the oldest
+        request still queued by waking that caller alone (waking every waiter would cost a GIL
+        round-trip per waiting thread per batch). Alone, a caller scores its own request at
+        once; under load one forward pass serves many callers.
         """
-        with self._queue_changed:
+        with self._queue_lock:
             self._queue.append(request)
-            while not request.future.done():
-                if self._scoring:
-                    self._queue_changed.wait()
-                    continue
-                self._scoring = True
+            leading = not self._scoring
+            self._scoring = True
+        if not leading:
+            request.wake.wait()
+            if request.finished:
+                return
+        while not request.finished:
+            with self._queue_lock:
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
                 self.batch_sizes[len(batch)] += 1
-                self._queue_changed.release()
-                try:
-                    self._run_batch(batch)
-                finally:
-                    self._queue_changed.acquire()
-                    self._scoring = False
-                    self._queue_changed.notify_all()
+            self._run_batch(batch)
+        with self._queue_lock:
+            if self._queue:
+                self._queue[0].wake.set()
+            else:
+                self._scoring = False
 
     def _run_batch(self, batch: list[_Request]) -> None:
         try:
             results = self._score(batch)
         except BaseException as exc:  # every caller in the batch hears about it, not only the leader
             for request in batch:
-                request.future.set_exception(exc)
+                request.finish(error=exc)
             return
         for request, result in zip(batch, results):
-            request.future.set_result(result)
+            request.finish(result)
 
     def interaction(self, histories: list[tuple[list, list, list]]):
         """The model's input for a batch of ``(item_ids, behavior_ids, model_times)`` histories."""
@@ -403,20 +414,19 @@ class OnlineRecommender:
         lengths = torch.tensor([len(h[0]) for h in histories], dtype=torch.long)
         # at least 2 columns: InterestShiftCNN's time-gap buckets come out empty for a 1-column input
         width = min(max(int(lengths.max()), 2), self.max_len) if self._trim_padding else self.max_len
-        items = torch.zeros(batch, width, dtype=torch.long)
-        for row, (item_ids, _, _) in enumerate(histories):
-            items[row, : len(item_ids)] = torch.tensor(item_ids, dtype=torch.long)
-        fields = {model.ITEM_SEQ: items, model.ITEM_SEQ_LEN: lengths}
+
+        def padded(column: int, dtype: torch.dtype) -> torch.Tensor:
+            tensor = torch.zeros(batch, width, dtype=dtype)
+            rows = tensor.numpy()  # shares memory; numpy fills a row from a list without per-row tensors
+            for row, history in enumerate(histories):
+                rows[row, : len(history[column])] = history[column]
+            return tensor
+
+        fields = {model.ITEM_SEQ: padded(0, torch.long), model.ITEM_SEQ_LEN: lengths}
         if getattr(model, "use_behavior", False):
-            behaviors = torch.zeros(batch, width, dtype=torch.long)
-            for row, (_, behavior_ids, _) in enumerate(histories):
-                behaviors[row, : len(behavior_ids)] = torch.tensor(behavior_ids, dtype=torch.long)
-            fields[model.BEHAVIOR_SEQ] = behaviors
+            fields[model.BEHAVIOR_SEQ] = padded(1, torch.long)
         if getattr(model, "use_time", False):
-            times = torch.zeros(batch, width, dtype=self.dataset.inter_feat[self.time_field].dtype)
-            for row, (_, _, model_times) in enumerate(histories):
-                times[row, : len(model_times)] = torch.tensor(model_times, dtype=times.dtype)
-            fields[model.TIME_SEQ] = times
+            fields[model.TIME_SEQ] = padded(2, self.dataset.inter_feat[self.time_field].dtype)
         return Interaction(fields)
 
     def _predict(self, interaction):
@@ -432,20 +442,26 @@ class OnlineRecommender:
         scores, migration = self._predict(interaction)
         scores = scores.reshape(len(batch), -1).float()
         scores[:, 0] = -math.inf  # padding item
-        for row, request in enumerate(batch):
-            if request.seen:
-                scores[row, torch.tensor(request.seen, dtype=torch.long)] = -math.inf
+        seen_rows = [row for row, request in enumerate(batch) for _ in request.seen]
+        if seen_rows:
+            seen_items = [item for request in batch for item in request.seen]
+            scores[torch.tensor(seen_rows), torch.tensor(seen_items)] = -math.inf
         k = min(max(r.k for r in batch), self.n_items - 1)
-        top_scores, top_ids = scores.topk(k, dim=1)
+        top_scores, top_ids = (t.numpy() for t in scores.topk(k, dim=1))
+        if migration is not None:  # one conversion per batch, not one per user and value
+            p_shift = migration["p_shift"].tolist()
+            current = self.category_tokens[migration["current_category"].numpy()]
+            next_tokens = self.category_tokens[migration["top_categories"].numpy()]
+            next_probs = migration["top_category_probs"].tolist()
 
         results = []
         for row, request in enumerate(batch):
             row_scores, row_ids = top_scores[row, : request.k], top_ids[row, : request.k]
-            keep = torch.isfinite(row_scores)
+            keep = np.isfinite(row_scores)
             result = {
                 "user": request.user,
                 "source": SOURCE_MODEL,
-                "items": [str(t) for t in self.item_tokens[row_ids[keep].numpy()]],
+                "items": [str(t) for t in self.item_tokens[row_ids[keep]]],
                 "scores": row_scores[keep].tolist(),
                 "history_length": len(request.items),
                 "p_shift": None,
@@ -453,11 +469,10 @@ class OnlineRecommender:
                 "next_categories": None,
             }
             if migration is not None:
-                result["p_shift"] = float(migration["p_shift"][row])
-                result["current_category"] = str(self.category_tokens[int(migration["current_category"][row])])
+                result["p_shift"] = p_shift[row]
+                result["current_category"] = str(current[row])
                 result["next_categories"] = [
-                    {"category": str(self.category_tokens[int(c)]), "prob": float(p)}
-                    for c, p in zip(migration["top_categories"][row], migration["top_category_probs"][row])
+                    {"category": str(c), "prob": p} for c, p in zip(next_tokens[row], next_probs[row])
                 ]
             results.append(result)
         return results
