@@ -88,6 +88,7 @@ def test_scores_equal_the_model_on_recbole_sequences(served):
     assert {int(r["item_length"]) for r in rows} == {1, 2, 7, MAX_LEN}
 
     rec = _recommender(served)
+    assert rec.traced  # the scores below come from the traced graph
     for index, row in enumerate(rows):
         _observe_row(rec, f"replay-{index}", dataset, row, int(row["item_length"]))
     with torch.no_grad():
@@ -107,6 +108,44 @@ def test_scores_equal_the_model_on_recbole_sequences(served):
             np.testing.assert_allclose(
                 [c["prob"] for c in got["next_categories"]], migration["top_category_probs"][0].numpy(), atol=1e-5
             )
+
+
+def test_traced_and_eager_scoring_agree(served):
+    traced, eager = _recommender(served), _recommender(served, trace=False)
+    assert traced.traced and not eager.traced
+    users = sorted(set(served.inter["user_id"].astype(str)))[:12]
+    for user in users:
+        a, b = traced.recommend(user, k=15), eager.recommend(user, k=15)
+        assert a["items"] == b["items"]
+        np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-5, atol=1e-5)
+        assert a["p_shift"] == pytest.approx(b["p_shift"], abs=1e-6)
+        assert [c["category"] for c in a["next_categories"]] == [c["category"] for c in b["next_categories"]]
+        np.testing.assert_allclose([c["prob"] for c in a["next_categories"]],
+                                   [c["prob"] for c in b["next_categories"]], atol=1e-6)
+
+
+class _LengthDependent(torch.nn.Module):
+    """Scores that depend on a Python int taken from the input: a trace freezes it."""
+
+    ITEM_SEQ, ITEM_SEQ_LEN = "item_id_list", "item_length"
+
+    def full_sort_predict(self, interaction):
+        width = int(interaction[self.ITEM_SEQ_LEN].max())
+        return interaction[self.ITEM_SEQ][:, :width].float().sum(dim=1, keepdim=True).expand(-1, 5)
+
+
+def test_a_trace_that_disagrees_with_the_model_is_not_used():
+    from recbole.data.interaction import Interaction
+
+    from interest_migration.serving.traced import TracedScorer
+
+    def batch(*lengths):
+        items = torch.arange(1, 1 + 4 * len(lengths)).reshape(len(lengths), 4)
+        return Interaction({"item_id_list": items, "item_length": torch.tensor(lengths)})
+
+    model = _LengthDependent()
+    assert TracedScorer.build(model, batch(2, 2), [batch(2, 2)]) is not None  # same shape: agrees
+    assert TracedScorer.build(model, batch(2, 2), [batch(2, 2), batch(1, 4)]) is None
 
 
 def _untrained(model_name, data_root, **overrides):
@@ -137,6 +176,7 @@ GENERIC = {
 def test_any_recbole_sequential_model_serves(served, model_name):
     config, model, dataset, test_data = _untrained(model_name, served.data_root, **GENERIC[model_name])
     rec = OnlineRecommender(config, model, dataset)
+    assert rec.traced  # RecBole's own models trace and pass the check too
     test_batch = next(iter(test_data))[0]
     short = int(torch.nonzero(dataset.inter_feat["item_length"] == 3, as_tuple=True)[0][0])
     rows = [test_batch[0:1], dataset.inter_feat[short : short + 1]]

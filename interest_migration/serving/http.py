@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import json
 import logging
 import signal
@@ -427,6 +428,9 @@ def configure_parser(parser):
     parser.add_argument("--threads", type=_positive_int, default=1, help="torch threads for scoring (default: 1)")
     parser.add_argument("--max-batch", type=_positive_int, default=64, help="largest micro-batch of recommendations")
     parser.add_argument(
+        "--eager", action="store_true", help="score with the eager model, not its traced graph (see serving/traced.py)"
+    )
+    parser.add_argument(
         "--max-body-bytes", type=_positive_int, default=Limits.max_body_bytes, help="largest body (default: 1 MiB)"
     )
     parser.add_argument(
@@ -456,13 +460,19 @@ def run(args) -> int:
     saved_argv, sys.argv = sys.argv, sys.argv[:1]  # RecBole's Config would read our flags as overrides
     try:
         recommender = OnlineRecommender.load(
-            args.checkpoint, trust_pickle=args.trust_checkpoint, data_path=args.data_path, max_batch=args.max_batch
+            args.checkpoint, trust_pickle=args.trust_checkpoint, data_path=args.data_path, max_batch=args.max_batch,
+            trace=not args.eager,
         )
     except ValueError as exc:  # CheckpointError, or a model that cannot serve online
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         sys.argv = saved_argv
+    logger.info("scoring with the %s", "traced graph" if recommender.traced else "eager model")
+    # the dataset, model and histories live as long as the server: spare the collector from
+    # walking them on every full collection (a pause every request in flight would wait out)
+    gc.collect()
+    gc.freeze()
     log_path = args.event_log or f"{args.checkpoint}.events.jsonl"
     try:
         recommender.attach_log(EventLog(log_path, recommender.log_header(), fsync=args.fsync == "group"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import itertools
 import logging
 import math
 import threading
@@ -101,9 +102,11 @@ class OnlineRecommender:
             trained on (the full dataset, as ``load_data_and_model`` returns it).
         batching: micro-batch concurrent :meth:`recommend` calls (see :meth:`_batched`).
         max_batch: the largest micro-batch.
+        trace: score with the model traced into one graph (see :mod:`.traced`), after checking
+            that it agrees with the model; False, or a failed check, scores eagerly.
     """
 
-    def __init__(self, config, model, dataset, *, batching: bool = True, max_batch: int = 64):
+    def __init__(self, config, model, dataset, *, batching: bool = True, max_batch: int = 64, trace: bool = True):
         from recbole.data.interaction import Interaction
 
         if not hasattr(model, "ITEM_SEQ"):
@@ -140,6 +143,8 @@ class OnlineRecommender:
         self._scoring = False  # a caller leads: it scores batches until its own result is in
         self.batch_sizes: collections.Counter[int] = collections.Counter()  # micro-batch size -> count
 
+        self._scorer = self._traced_scorer() if trace else None
+
         self.event_log = None
         self.n_replayed = 0
 
@@ -170,6 +175,11 @@ class OnlineRecommender:
         loaded = checkpoint_format.load(checkpoint, trust_pickle=trust_pickle, data_path=data_path)
         return cls(loaded.config, loaded.model, loaded.dataset, **kwargs)
 
+    @property
+    def traced(self) -> bool:
+        """Whether recommendations are scored by the traced graph (else by the eager model)."""
+        return self._scorer is not None
+
     def log_header(self) -> dict:
         """What an event log must match to be replayed into this recommender."""
         return {"dataset": str(self.config["dataset"]), "item_field": self.iid_field, "n_items": self.n_items}
@@ -189,6 +199,8 @@ class OnlineRecommender:
     def _init_migration(self, model, dataset) -> None:
         from interest_migration.export import has_migration
 
+        self._n_next = None
+
         self.migrates = has_migration(model)
         self.category_tokens = dataset.field2id_token[model.CATEGORY_FIELD] if self.migrates else None
         if self.migrates:
@@ -196,6 +208,21 @@ class OnlineRecommender:
         # models whose output at the last real position ignores right padding (causal or masked):
         # their batches are padded to the longest history, not to MAX_ITEM_LIST_LENGTH
         self._trim_padding = type(model).__name__ in _PADDING_INSENSITIVE
+
+    def _traced_scorer(self):
+        from interest_migration.serving.traced import TracedScorer
+
+        histories = [h for h in itertools.islice(self._histories.values(), 32) if h.items]
+        if not histories:
+            return None
+
+        def batch(selected):
+            return self.interaction([(list(h.items), list(h.behaviors), list(h.times)) for h in selected])
+
+        probes = [batch(histories[:1]), batch(histories[1:4] or histories), batch(histories)]
+        return TracedScorer.build(
+            self.model, batch(histories[:8]), probes, n_next=self._n_next
+        )
 
     def _seed_from_dataset(self):
         """Each known user's last ``max_len`` events, what they have seen, and item popularity.
@@ -432,6 +459,8 @@ class OnlineRecommender:
     def _predict(self, interaction):
         """``full_sort_predict`` scores, and for InterestShiftCNN the predicted migration too,
         from one encoder pass (``full_sort_predict_with_migration``)."""
+        if self._scorer is not None:
+            return self._scorer(interaction)
         if not self.migrates:
             return self.model.full_sort_predict(interaction), None
         return self.model.full_sort_predict_with_migration(interaction, self._n_next)
