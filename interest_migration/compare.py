@@ -28,7 +28,7 @@ MODEL_GROUPS = {
     "all": ["Pop", "ItemKNN", "BPR", "LightGCN", "GRU4Rec", "SASRec", "BERT4Rec", "Caser", "NextItNet", OURS],
     "cf": ["Pop", "ItemKNN", "BPR", "LightGCN"],
     "sequential": ["GRU4Rec", "SASRec", "BERT4Rec", "Caser", "NextItNet", OURS],
-    "ablations": [OURS, f"{OURS}-nocat", f"{OURS}-noaux", f"{OURS}-nobehavior", f"{OURS}-notime"],
+    "ablations": [OURS, f"{OURS}-norepeat", f"{OURS}-nocat", f"{OURS}-noaux", f"{OURS}-nobehavior", f"{OURS}-notime"],
 }
 
 

@@ -92,20 +92,52 @@ def test_mixture_item_probabilities_sum_to_one(planted):
     assert torch.allclose(migration["top_category_probs"].sum(1), torch.ones(len(batch)), atol=1e-4)
 
 
-def test_repeat_bonus_reaches_seen_items_only(planted):
-    model, batch = _model(planted), _batch(planted, n=8)
-    torch.nn.init.zeros_(model.repeat_head.weight)
-    torch.nn.init.constant_(model.repeat_head.bias, 5.0)
-    seq, length = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
-    state = model(seq, length, batch[model.BEHAVIOR_SEQ], batch[model.TIME_SEQ])
-    with_bonus = model._item_scores(state, seq, length)
-    torch.nn.init.constant_(model.repeat_head.bias, 0.0)
-    without = model._item_scores(state, seq, length)
-    seen = torch.zeros_like(without, dtype=torch.bool).scatter(1, seq, True)
+def _seen(model, batch, n_items):
+    seen = torch.zeros(len(batch), n_items, dtype=torch.bool).scatter(1, batch[model.ITEM_SEQ], True)
     seen[:, 0] = False
-    diff = (with_bonus - without)[:, 1:]
-    assert torch.all(diff[seen[:, 1:]] >= 5.0 - 1e-4)
-    assert torch.allclose(diff[~seen[:, 1:]], torch.zeros(1))
+    return seen
+
+
+@pytest.mark.parametrize("repeat_bias, mass_on_seen", [(20.0, 1.0), (-20.0, None)])
+def test_repeat_mode_puts_its_mass_on_the_sequence_items(planted, repeat_bias, mass_on_seen):
+    model, batch = _model(planted), _batch(planted, n=8)
+    torch.nn.init.zeros_(model.p_repeat_head.weight)
+    torch.nn.init.constant_(model.p_repeat_head.bias, repeat_bias)
+    probs = model.full_sort_predict(batch).exp()
+    seen_mass = (probs * _seen(model, batch, probs.size(1))).sum(1)
+    if mass_on_seen is not None:  # p_repeat ~ 1: every item outside the sequence gets ~0
+        assert torch.allclose(seen_mass, torch.full_like(seen_mass, mass_on_seen), atol=1e-5)
+    else:  # p_repeat ~ 0: the migration mode alone, which also spreads mass over unseen items
+        assert torch.all(seen_mass < 0.9)
+    assert torch.allclose(probs[:, 1:].sum(1), torch.ones(len(batch)), atol=1e-4)
+
+
+def test_repeat_mode_ranks_recent_and_carted_occurrences_first(planted):
+    """With the recency head set to favour the last event, R(i) peaks on the last item; a large
+    behaviour weight on one behaviour type moves the mass to the items seen with it."""
+    model, batch = _model(planted), _batch(planted, n=8)
+    torch.nn.init.constant_(model.p_repeat_head.bias, 20.0)
+    torch.nn.init.zeros_(model.p_repeat_head.weight)
+    torch.nn.init.zeros_(model.item_embedding.weight)  # no state match: recency and behaviour only
+    torch.nn.init.zeros_(model.repeat_position_head.weight)
+    bias = torch.zeros(model.repeat_buckets)
+    bias[0] = 30.0
+    model.repeat_position_head.bias.data.copy_(bias)
+    seq, length = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    last = seq.gather(1, (length - 1).unsqueeze(1)).squeeze(1)
+    assert torch.equal(model.full_sort_predict(batch).argmax(1), last)
+
+    behavior = batch[model.BEHAVIOR_SEQ]
+    rare = int(behavior[behavior > 0].min())
+    model.repeat_position_head.bias.data.zero_()
+    model.repeat_behavior.weight.data.zero_()
+    model.repeat_behavior.weight.data[rare] = 30.0
+    probs = model.full_sort_predict(batch).exp()
+    has_rare = (behavior == rare).any(1)
+    marked = torch.zeros_like(probs, dtype=torch.bool).scatter(1, seq.masked_fill(behavior != rare, 0), True)
+    marked[:, 0] = False
+    assert has_rare.any()
+    assert torch.all((probs * marked).sum(1)[has_rare] > 0.999)
 
 
 def test_loss_decreases_and_beats_pop(tmp_path):

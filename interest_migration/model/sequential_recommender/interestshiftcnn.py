@@ -14,19 +14,23 @@ explicitly instead of leaving it implicit in one big softmax:
   - ``q(c)``: distribution of the next category *given a shift* (softmax over the other categories,
     scored against the category embeddings, with a recency-aware bonus for categories already in
     the sequence: shoppers often migrate back to an earlier interest);
-  - ``s(i)``: item scores, normalised *within* each category, plus a learned recency-aware bonus
-    for items already in the sequence, because shoppers return to what they saw.
+  - ``s(i)``: item scores, normalised *within* each category;
+  - a *repeat mode*, because shoppers return to what they saw (two in three next items of the
+    Taobao head are already in the history): ``p_repeat``, and ``R(i)``, a softmax over the
+    positions of the sequence summed per item, each occurrence scored by its recency, its
+    behaviour type and its match with the user state.
 
-* items are scored from the predicted migration:
+* items are scored from the predicted migration, mixed with the repeat mode:
 
   .. math::
 
-      \log P(i) = \log P(c_i) + \log P(i \mid c_i), \qquad
+      P(i) = p_{repeat}\, R(i) + (1 - p_{repeat})\, P(c_i)\, P(i \mid c_i), \qquad
       P(c) = (1 - p_{shift})\,[c = c_{last}] + p_{shift}\, q(c),
 
   which is a proper distribution over items. The loss is the item negative log-likelihood plus
   ``lambda_cat`` * category cross-entropy (on shifting steps) plus ``lambda_shift`` * binary
-  cross-entropy of ``p_shift``. Without a category field the model is a plain next-item CNN.
+  cross-entropy of ``p_shift``. Without a category field the migration mode is a plain
+  next-item softmax; ``repeat_mixture: False`` leaves the repeat mode out.
 
 Reference:
     Fajie Yuan et al. "A Simple Convolutional Generative Network for Next Item Recommendation"
@@ -87,6 +91,7 @@ class InterestShiftCNN(SequentialRecommender):
         self.lambda_shift = config["lambda_shift"]
         self.initializer_range = config["initializer_range"]
         self.migration_top_k = config["migration_top_k"]
+        self.repeat_mixture = bool(config["repeat_mixture"])
         self.loss_type = config["loss_type"]
         self._check_hyper_parameters()
 
@@ -130,7 +135,11 @@ class InterestShiftCNN(SequentialRecommender):
             ]
         )
         self.output_norm = nn.LayerNorm(self.embedding_size)
-        self.repeat_head = nn.Linear(self.embedding_size, self.repeat_buckets)
+        if self.repeat_mixture:
+            self.p_repeat_head = nn.Linear(self.embedding_size, 1)
+            self.repeat_position_head = nn.Linear(self.embedding_size, self.repeat_buckets)
+            if self.use_behavior:
+                self.repeat_behavior = nn.Embedding(dataset.num(self.BEHAVIOR_FIELD), 1, padding_idx=0)
 
         # parameters initialization
         self.apply(self._init_weights)
@@ -242,10 +251,9 @@ class InterestShiftCNN(SequentialRecommender):
         bonus = head(seq_output).gather(1, recency.clamp(0, self.repeat_buckets - 1))
         return scores.scatter_add(1, id_seq, bonus * (recency >= 0))
 
-    def _item_scores(self, seq_output, item_seq, item_seq_len):
-        """Unnormalised item scores [B, n_items]: preference + bias + recency-aware repeat bonus."""
+    def _item_scores(self, seq_output):
+        """Unnormalised item scores [B, n_items]: preference + bias."""
         scores = seq_output @ self.item_embedding.weight.t() + self.item_bias
-        scores = self._repeat_bonus(self.repeat_head, seq_output, item_seq, item_seq_len, scores)
         return scores.index_fill(1, torch.zeros(1, dtype=torch.long, device=scores.device), _MASKED)  # padding item
 
     def _migration(self, seq_output, item_seq, item_seq_len):
@@ -275,16 +283,48 @@ class InterestShiftCNN(SequentialRecommender):
         cat_sum = torch.zeros_like(cat_max).scatter_add(1, index, shifted.exp())
         return shifted - cat_sum.clamp(min=torch.finfo(scores.dtype).tiny).log().gather(1, index)
 
+    def _repeat_log_probs(self, seq_output, item_seq, item_seq_len, behavior_seq):
+        """(log p_repeat [B], log(1 - p_repeat) [B], log P(i | repeat) [B, n_items]).
+
+        P(i | repeat) is a softmax over the positions of the sequence, summed per item: each
+        occurrence scores by its recency, its behaviour type and how well the item matches the
+        user state, so frequent, recent, carted items come first (RepeatNet's repeat mode).
+        """
+        positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
+        recency = item_seq_len.unsqueeze(1) - 1 - positions  # 0 = last event
+        valid = recency >= 0
+        logits = self.repeat_position_head(seq_output).gather(1, recency.clamp(0, self.repeat_buckets - 1))
+        logits = logits + (self.item_embedding(item_seq) * seq_output.unsqueeze(1)).sum(-1)
+        if self.use_behavior and behavior_seq is not None:
+            logits = logits + self.repeat_behavior(behavior_seq).squeeze(-1)
+        log_position = F.log_softmax(logits.masked_fill(~valid, _MASKED), dim=1)
+        top = log_position.max(dim=1, keepdim=True).values.detach()
+        mass = torch.zeros(item_seq.size(0), self.n_items, device=item_seq.device, dtype=logits.dtype)
+        mass = mass.scatter_add(1, item_seq, (log_position - top).exp() * valid)
+        log_items = torch.where(mass > 0, mass.clamp(min=torch.finfo(mass.dtype).tiny).log() + top, _MASKED)
+        repeat_logit = self.p_repeat_head(seq_output).squeeze(-1)
+        return F.logsigmoid(repeat_logit), F.logsigmoid(-repeat_logit), log_items
+
     def _log_probs(self, interaction):
         """log P(item) for every item [B, n_items], plus the migration terms."""
         item_seq, item_seq_len, seq_output = self._encode(interaction)
-        scores = self._item_scores(seq_output, item_seq, item_seq_len)
+        scores = self._item_scores(seq_output)
+        migration = None
         if not self.use_category:
-            return F.log_softmax(scores, dim=1), None
-        migration = self._migration(seq_output, item_seq, item_seq_len)
-        log_p_cat = migration[1]
-        log_probs = log_p_cat.gather(1, self.item2cat.unsqueeze(0).expand_as(scores))
-        return log_probs + self._within_category_log_softmax(scores), migration
+            log_probs = F.log_softmax(scores, dim=1)
+        else:
+            migration = self._migration(seq_output, item_seq, item_seq_len)
+            log_probs = migration[1].gather(1, self.item2cat.unsqueeze(0).expand_as(scores))
+            log_probs = log_probs + self._within_category_log_softmax(scores)
+        if self.repeat_mixture:
+            behavior_seq = interaction[self.BEHAVIOR_SEQ] if self.use_behavior else None
+            log_repeat, log_explore, log_repeat_items = self._repeat_log_probs(
+                seq_output, item_seq, item_seq_len, behavior_seq
+            )
+            log_probs = torch.logaddexp(
+                log_repeat.unsqueeze(1) + log_repeat_items, log_explore.unsqueeze(1) + log_probs
+            )
+        return log_probs, migration
 
     def calculate_loss(self, interaction):
         pos_items = interaction[self.POS_ITEM_ID]
