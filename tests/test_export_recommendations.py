@@ -130,7 +130,7 @@ def test_history_is_excluded_unless_kept(loaded, export_base):
         assert not set(items) & histories[user], user
     kept = pd.concat(iter_recommendations(run, None, k=10, exclude_history=False, skipped=[]))
     repeats = sum(bool(set(items) & histories[user]) for user, items in kept.groupby("user_id")["item_id"])
-    assert repeats > 0  # the model's repeat bonus puts seen items up when allowed
+    assert repeats > 0  # the model's repeat mode puts seen items up when allowed
     # excluding history removes items without reordering the others
     for user in ("u5", "u60"):
         full = kept[kept.user_id == user]
