@@ -48,7 +48,7 @@ def served(tmp_path_factory):
         mp.chdir(work)
         mp.setattr(sys, "argv", ["pytest"])
         data_root = write_planted_dataset(work / "data")
-        config = planted_config(data_root, epochs=8, stopping_step=10, checkpoint_dir=str(work / "saved"))
+        config = planted_config(data_root, epochs=20, stopping_step=20, checkpoint_dir=str(work / "saved"))
         record = run_model("InterestShiftCNN", "planted", None, config)
         safe = checkpoint.convert(record.checkpoint, work / "planted.safe.pth", trust_pickle=True)
         loaded = checkpoint.load(safe)
