@@ -79,6 +79,29 @@ def restore_numpy_aliases() -> None:
     Config.compatibility_settings(None)
 
 
+def fix_bert4rec_empty_mask() -> None:
+    """RecBole 1.2.1's BERT4Rec divides its loss by the number of masked positions in the batch.
+
+    A batch in which the random masking hid no item (short sequences, a small last batch) gives
+    0/0 = NaN and RecBole stops training with "Training loss is nan" (RecBole issue #882). Such a
+    batch has nothing to learn from: return a zero loss still attached to the graph instead.
+    """
+    from recbole.model.sequential_recommender.bert4rec import BERT4Rec
+
+    original = BERT4Rec.calculate_loss
+    if getattr(original, "_interest_migration_fix", False):
+        return
+
+    @functools.wraps(original)
+    def calculate_loss(self, interaction):
+        if not bool((interaction[self.MASK_INDEX] > 0).any()):
+            return self.output_bias.sum() * 0.0
+        return original(self, interaction)
+
+    calculate_loss._interest_migration_fix = True
+    BERT4Rec.calculate_loss = calculate_loss
+
+
 class UnknownModelError(ValueError):
     """A model name that neither RecBole nor this plugin knows."""
 
@@ -108,5 +131,6 @@ def apply() -> None:
     patch_torch_load()
     disable_anomaly_detection()
     restore_numpy_aliases()
+    fix_bert4rec_empty_mask()
     from interest_migration import distributed  # multi-process training (recbole.quick_start.run(nproc=N))
     distributed.apply()

@@ -78,3 +78,31 @@ def test_numpy_aliases_recbole_needs_without_a_config():
     import numpy as np
 
     assert np.float is np.float_ and np.int is np.int_
+
+
+def test_bert4rec_batch_without_masked_items_gives_zero_loss_not_nan(tmp_path):
+    """RecBole's BERT4Rec divides by the number of masked positions: 0/0 on a batch with none."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.model.sequential_recommender.bert4rec import BERT4Rec
+    from recbole.utils import init_seed
+
+    from synthetic_data import planted_config, write_planted_dataset
+
+    overrides = {"n_layers": 1, "n_heads": 1, "hidden_size": 16, "inner_size": 32, "train_neg_sample_args": None}
+    config = Config(model="BERT4Rec", dataset="planted",
+                    config_dict=planted_config(write_planted_dataset(tmp_path / "data"), **overrides))
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    model = BERT4Rec(config, train_data._dataset).eval()  # no dropout: two calls give the same loss
+    batch = next(iter(train_data))
+    assert bool((batch[model.MASK_INDEX] > 0).any())
+    loss = model.calculate_loss(batch)
+    assert torch.isfinite(loss) and loss > 0
+    assert torch.equal(loss, BERT4Rec.calculate_loss.__wrapped__(model, batch))  # untouched otherwise
+
+    batch.update(type(batch)({model.MASK_INDEX: torch.zeros_like(batch[model.MASK_INDEX])}))
+    assert torch.isnan(BERT4Rec.calculate_loss.__wrapped__(model, batch))  # RecBole's own: 0/0
+    loss = model.calculate_loss(batch)
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
