@@ -92,6 +92,21 @@ def test_mixture_item_probabilities_sum_to_one(planted):
     assert torch.allclose(migration["top_category_probs"].sum(1), torch.ones(len(batch)), atol=1e-4)
 
 
+def test_reported_migration_is_the_item_distribution_summed_by_category(planted):
+    """p_shift and the next categories are what the item probabilities imply, both modes included."""
+    model, batch = _model(planted), _batch(planted)
+    torch.nn.init.constant_(model.p_repeat_head.bias, 1.0)  # both modes carry weight
+    probs = model.full_sort_predict(batch).exp()
+    by_category = torch.zeros(len(batch), model.n_categories).scatter_add(
+        1, model.item2cat.unsqueeze(0).expand_as(probs), probs
+    )
+    migration = model.predict_migration(batch, k=model.n_categories - 1)
+    stay = by_category.gather(1, migration["current_category"].unsqueeze(1)).squeeze(1)
+    assert torch.allclose(migration["p_shift"], 1 - stay, atol=1e-5)
+    expected = by_category.gather(1, migration["top_categories"])
+    assert torch.allclose(migration["top_category_probs"], expected, atol=1e-5)
+
+
 def _seen(model, batch, n_items):
     seen = torch.zeros(len(batch), n_items, dtype=torch.bool).scatter(1, batch[model.ITEM_SEQ], True)
     seen[:, 0] = False

@@ -31,6 +31,8 @@ explicitly instead of leaving it implicit in one big softmax:
   ``lambda_cat`` * category cross-entropy (on shifting steps) plus ``lambda_shift`` * binary
   cross-entropy of ``p_shift``. Without a category field the migration mode is a plain
   next-item softmax; ``repeat_mixture: False`` leaves the repeat mode out.
+  ``predict_migration`` reports the migration under the whole mixture: ``p_shift`` and the next
+  categories are the item probabilities summed by category.
 
 Reference:
     Fajie Yuan et al. "A Simple Convolutional Generative Network for Next Item Recommendation"
@@ -324,6 +326,15 @@ class InterestShiftCNN(SequentialRecommender):
             log_probs = torch.logaddexp(
                 log_repeat.unsqueeze(1) + log_repeat_items, log_explore.unsqueeze(1) + log_probs
             )
+            if migration is not None:  # the next category under both modes, for predict_migration
+                shift_logit, log_p_cat, q_logits, current = migration
+                index = self.item2cat.unsqueeze(0).expand_as(log_repeat_items)
+                repeat_cat = torch.zeros_like(log_p_cat).scatter_add(1, index, log_repeat_items.exp())
+                log_repeat_cat = torch.where(repeat_cat > 0, repeat_cat.clamp(min=1e-30).log(), _MASKED)
+                log_p_cat = torch.logaddexp(
+                    log_repeat.unsqueeze(1) + log_repeat_cat, log_explore.unsqueeze(1) + log_p_cat
+                )
+                migration = (shift_logit, log_p_cat, q_logits, current)
         return log_probs, migration
 
     def calculate_loss(self, interaction):
@@ -349,11 +360,12 @@ class InterestShiftCNN(SequentialRecommender):
         return log_probs
 
     def _summarise_migration(self, migration, k):
-        shift_logit, log_p_cat, _, current = migration
+        _, log_p_cat, _, current = migration
         k = min(k or self.migration_top_k, int(self.category_has_items.sum()))
         top = log_p_cat.topk(k, dim=1)
+        stay = log_p_cat.gather(1, current.unsqueeze(1)).squeeze(1)
         return {
-            "p_shift": torch.sigmoid(shift_logit),
+            "p_shift": -torch.expm1(stay),  # 1 - P(current category); sigmoid(shift_logit) without repeats
             "current_category": current,
             "top_categories": top.indices,
             "top_category_probs": top.values.exp(),
@@ -363,14 +375,14 @@ class InterestShiftCNN(SequentialRecommender):
     def predict_migration(self, interaction, k=None):
         """The predicted migration of each user: for export and analysis.
 
-        Returns a dict of tensors: ``p_shift`` [B], ``current_category`` [B] and the ``k`` most
-        likely next categories under the mixture P(c), ``top_categories`` [B, k] (internal
-        category ids of ``CATEGORY_FIELD``) with their ``top_category_probs`` [B, k].
+        Returns a dict of tensors: ``p_shift`` [B], the probability that the next item's category
+        differs from ``current_category`` [B], and the ``k`` most likely next categories,
+        ``top_categories`` [B, k] (internal category ids of ``CATEGORY_FIELD``) with their
+        ``top_category_probs`` [B, k]; both under the whole model (repeat and migration modes).
         """
         if not self.use_category:
             raise ValueError("InterestShiftCNN was trained without CATEGORY_FIELD: it predicts no migration.")
-        item_seq, item_seq_len, seq_output = self._encode(interaction)
-        return self._summarise_migration(self._migration(seq_output, item_seq, item_seq_len), k)
+        return self._summarise_migration(self._log_probs(interaction)[1], k)
 
     @torch.no_grad()
     def full_sort_predict_with_migration(self, interaction, k=None):
