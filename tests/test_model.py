@@ -92,6 +92,17 @@ def test_mixture_item_probabilities_sum_to_one(planted):
     assert torch.allclose(migration["top_category_probs"].sum(1), torch.ones(len(batch)), atol=1e-4)
 
 
+@pytest.mark.parametrize("repeat_bias", [-2.0, 2.0])
+def test_training_loss_is_the_full_mixture_likelihood_of_the_target(planted, repeat_bias):
+    """calculate_loss takes a shortcut (the target only); it must equal the NLL of full_sort_predict."""
+    model, batch = _model(planted), _batch(planted)
+    torch.nn.init.constant_(model.p_repeat_head.bias, repeat_bias)
+    model.lambda_cat = model.lambda_shift = 0.0
+    full = model.full_sort_predict(batch)
+    expected = torch.nn.functional.nll_loss(full, batch[model.POS_ITEM_ID])
+    assert torch.allclose(model.calculate_loss(batch), expected, atol=1e-5)
+
+
 def test_reported_migration_is_the_item_distribution_summed_by_category(planted):
     """p_shift and the next categories are what the item probabilities imply, both modes included."""
     model, batch = _model(planted), _batch(planted)
@@ -190,6 +201,9 @@ def test_without_categories_it_is_a_plain_next_item_cnn(planted, caplog):
     assert "falling back to a plain next-item CNN" in caplog.text
     batch = next(iter(train))[:8]
     assert torch.allclose(model.full_sort_predict(batch).exp()[:, 1:].sum(1), torch.ones(8), atol=1e-4)
+    model.eval()
+    expected = torch.nn.functional.nll_loss(model.full_sort_predict(batch), batch[model.POS_ITEM_ID])
+    assert torch.allclose(model.calculate_loss(batch), expected, atol=1e-5)
     with pytest.raises(ValueError, match="without CATEGORY_FIELD"):
         model.predict_migration(batch)
 

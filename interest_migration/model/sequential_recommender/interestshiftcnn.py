@@ -117,6 +117,16 @@ class InterestShiftCNN(SequentialRecommender):
             has_items = torch.zeros(self.n_categories, dtype=torch.bool)
             has_items[item2cat[1:]] = True
             self.register_buffer("category_has_items", has_items)
+            # items listed category by category, so that training reads only the target's category
+            sizes = torch.bincount(item2cat, minlength=self.n_categories)
+            order = torch.argsort(item2cat, stable=True)
+            self.register_buffer("items_by_category", order)
+            self.register_buffer("category_start", torch.cumsum(sizes, 0) - sizes)
+            self.register_buffer("category_size", sizes)
+            rank = torch.empty_like(order)
+            rank[order] = torch.arange(len(order)) - self.category_start[item2cat[order]]
+            self.register_buffer("rank_in_category", rank)  # where each item sits in its category's run
+            self.max_category_size = int(sizes.max())
             self.category_embedding = nn.Embedding(self.n_categories, self.embedding_size, padding_idx=0)
             self.shift_head = nn.Linear(self.embedding_size, 1)
             self.category_bias = nn.Parameter(torch.zeros(self.n_categories))
@@ -255,8 +265,9 @@ class InterestShiftCNN(SequentialRecommender):
 
     def _item_scores(self, seq_output):
         """Unnormalised item scores [B, n_items]: preference + bias."""
-        scores = seq_output @ self.item_embedding.weight.t() + self.item_bias
-        return scores.index_fill(1, torch.zeros(1, dtype=torch.long, device=scores.device), _MASKED)  # padding item
+        # the padding item's mask rides on the bias, so that the matmul adds both in one pass
+        bias = self.item_bias.index_fill(0, torch.zeros(1, dtype=torch.long, device=seq_output.device), _MASKED)
+        return torch.addmm(bias, seq_output, self.item_embedding.weight.t())
 
     def _migration(self, seq_output, item_seq, item_seq_len):
         """(shift logit [B], log P(c) [B, C], masked q-logits [B, C], current category [B])."""
@@ -285,62 +296,91 @@ class InterestShiftCNN(SequentialRecommender):
         cat_sum = torch.zeros_like(cat_max).scatter_add(1, index, shifted.exp())
         return shifted - cat_sum.clamp(min=torch.finfo(scores.dtype).tiny).log().gather(1, index)
 
-    def _repeat_log_probs(self, seq_output, item_seq, item_seq_len, behavior_seq):
-        """(log p_repeat [B], log(1 - p_repeat) [B], log P(i | repeat) [B, n_items]).
+    def _repeat_mode(self, seq_output, item_seq, item_seq_len, behavior_seq):
+        """(log p_repeat [B], log(1 - p_repeat) [B], log softmax over positions [B, L]).
 
         P(i | repeat) is a softmax over the positions of the sequence, summed per item: each
         occurrence scores by its recency, its behaviour type and how well the item matches the
-        user state, so frequent, recent, carted items come first (RepeatNet's repeat mode).
+        user state, so frequent, recent, carted items come first (RepeatNet's repeat mode). It is
+        kept per position ([B, L], not [B, n_items]): only the sequence's own items have mass.
         """
         positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
         recency = item_seq_len.unsqueeze(1) - 1 - positions  # 0 = last event
-        valid = recency >= 0
         logits = self.repeat_position_head(seq_output).gather(1, recency.clamp(0, self.repeat_buckets - 1))
         logits = logits + (self.item_embedding(item_seq) * seq_output.unsqueeze(1)).sum(-1)
         if self.use_behavior and behavior_seq is not None:
             logits = logits + self.repeat_behavior(behavior_seq).squeeze(-1)
-        log_position = F.log_softmax(logits.masked_fill(~valid, _MASKED), dim=1)
-        top = log_position.max(dim=1, keepdim=True).values.detach()
-        mass = torch.zeros(item_seq.size(0), self.n_items, device=item_seq.device, dtype=logits.dtype)
-        mass = mass.scatter_add(1, item_seq, (log_position - top).exp() * valid)
-        log_items = torch.where(mass > 0, mass.clamp(min=torch.finfo(mass.dtype).tiny).log() + top, _MASKED)
+        log_position = F.log_softmax(logits.masked_fill(recency < 0, _MASKED), dim=1)
         repeat_logit = self.p_repeat_head(seq_output).squeeze(-1)
-        return F.logsigmoid(repeat_logit), F.logsigmoid(-repeat_logit), log_items
+        return F.logsigmoid(repeat_logit), F.logsigmoid(-repeat_logit), log_position
 
-    def _log_probs(self, interaction):
-        """log P(item) for every item [B, n_items], plus the migration terms."""
+    def _outputs(self, interaction):
+        """One encoder pass and the terms of both modes: (item_seq, scores, migration, repeat)."""
         item_seq, item_seq_len, seq_output = self._encode(interaction)
         scores = self._item_scores(seq_output)
-        migration = None
-        if not self.use_category:
-            log_probs = F.log_softmax(scores, dim=1)
-        else:
-            migration = self._migration(seq_output, item_seq, item_seq_len)
-            log_probs = migration[1].gather(1, self.item2cat.unsqueeze(0).expand_as(scores))
-            log_probs = log_probs + self._within_category_log_softmax(scores)
+        migration = self._migration(seq_output, item_seq, item_seq_len) if self.use_category else None
+        repeat = None
         if self.repeat_mixture:
             behavior_seq = interaction[self.BEHAVIOR_SEQ] if self.use_behavior else None
-            log_repeat, log_explore, log_repeat_items = self._repeat_log_probs(
-                seq_output, item_seq, item_seq_len, behavior_seq
-            )
-            log_probs = torch.logaddexp(
-                log_repeat.unsqueeze(1) + log_repeat_items, log_explore.unsqueeze(1) + log_probs
-            )
-            if migration is not None:  # the next category under both modes, for predict_migration
-                shift_logit, log_p_cat, q_logits, current = migration
-                index = self.item2cat.unsqueeze(0).expand_as(log_repeat_items)
-                repeat_cat = torch.zeros_like(log_p_cat).scatter_add(1, index, log_repeat_items.exp())
-                log_repeat_cat = torch.where(repeat_cat > 0, repeat_cat.clamp(min=1e-30).log(), _MASKED)
-                log_p_cat = torch.logaddexp(
-                    log_repeat.unsqueeze(1) + log_repeat_cat, log_explore.unsqueeze(1) + log_p_cat
-                )
-                migration = (shift_logit, log_p_cat, q_logits, current)
+            repeat = self._repeat_mode(seq_output, item_seq, item_seq_len, behavior_seq)
+        return item_seq, scores, migration, repeat
+
+    def _log_probs(self, interaction):
+        """log P(item) for every item [B, n_items], plus the migration under the whole model."""
+        item_seq, scores, migration, repeat = self._outputs(interaction)
+        if migration is None:
+            log_probs = F.log_softmax(scores, dim=1)
+        else:
+            log_probs = migration[1].gather(1, self.item2cat.unsqueeze(0).expand_as(scores))
+            log_probs = log_probs + self._within_category_log_softmax(scores)
+        if repeat is None:
+            return log_probs, migration
+        log_repeat, log_explore, log_position = repeat
+        # the mixture differs from the migration mode only on the sequence's own items: mix there
+        same_item = item_seq.unsqueeze(2) == item_seq.unsqueeze(1)  # [B, L, L]
+        log_repeat_at = log_position.unsqueeze(1).masked_fill(~same_item, _MASKED).logsumexp(2)  # [B, L]
+        mixed_at = torch.logaddexp(
+            log_repeat.unsqueeze(1) + log_repeat_at, log_explore.unsqueeze(1) + log_probs.gather(1, item_seq)
+        )
+        log_probs = (log_explore.unsqueeze(1) + log_probs).scatter(1, item_seq, mixed_at)
+        log_probs = log_probs.index_fill(1, torch.zeros(1, dtype=torch.long, device=log_probs.device), _MASKED)
+        if migration is not None:  # the next category under both modes, for predict_migration
+            shift_logit, log_p_cat, q_logits, current = migration
+            repeat_cat = torch.zeros_like(log_p_cat).scatter_add(1, self.item2cat[item_seq], log_position.exp())
+            log_repeat_cat = torch.where(repeat_cat > 0, repeat_cat.clamp(min=1e-30).log(), _MASKED)
+            log_p_cat = torch.logaddexp(log_repeat.unsqueeze(1) + log_repeat_cat, log_explore.unsqueeze(1) + log_p_cat)
+            migration = (shift_logit, log_p_cat, q_logits, current)
         return log_probs, migration
 
+    def _log_prob_in_category(self, scores, items):
+        """log P(items[b] | its category) [B], reading the [B, largest category] scores of the
+        target's category instead of all items: the exponentials dominate a training step on
+        large catalogues."""
+        category = self.item2cat[items]
+        offsets = torch.arange(self.max_category_size, device=scores.device).unsqueeze(0)
+        index = (self.category_start[category].unsqueeze(1) + offsets).clamp(max=self.n_items - 1)
+        in_category = scores.gather(1, self.items_by_category[index])
+        in_category = in_category.masked_fill(offsets >= self.category_size[category].unsqueeze(1), _MASKED)
+        target = in_category.gather(1, self.rank_in_category[items].unsqueeze(1)).squeeze(1)
+        return target - in_category.logsumexp(1)
+
     def calculate_loss(self, interaction):
+        """Negative log-likelihood of the target under the mixture, computed for the target only
+        (no [B, n_items] mixture is built), plus the auxiliary migration losses."""
         pos_items = interaction[self.POS_ITEM_ID]
-        log_probs, migration = self._log_probs(interaction)
-        loss = F.nll_loss(log_probs, pos_items)
+        item_seq, scores, migration, repeat = self._outputs(interaction)
+        if migration is None:
+            log_p = -F.cross_entropy(scores, pos_items, reduction="none")
+        else:
+            target_cat = self.item2cat[pos_items]
+            log_p = migration[1].gather(1, target_cat.unsqueeze(1)).squeeze(1) + self._log_prob_in_category(
+                scores, pos_items
+            )
+        if repeat is not None:
+            log_repeat, log_explore, log_position = repeat
+            log_repeat_target = log_position.masked_fill(item_seq != pos_items.unsqueeze(1), _MASKED).logsumexp(1)
+            log_p = torch.logaddexp(log_repeat + log_repeat_target, log_explore + log_p)
+        loss = -log_p.mean()
         if migration is None:
             return loss
         shift_logit, _, q_logits, current = migration
