@@ -1,0 +1,109 @@
+"""CPU cost of one training step of several models on the same batches, side by side.
+
+Wall-clock seconds per epoch from ``compare`` depend on what else runs on the machine. This
+script builds each model on one dataset with the comparison configs (``recbole_configs/``),
+takes the same training batches for every model, and measures the CPU time of the calling
+thread per optimiser step (forward, backward, Adam), alternating the models round by round so
+that a change in load hits them alike. It prints CPU ms per step, steps per epoch and the
+implied CPU seconds per epoch, relative to the first model.
+
+    python scripts/bench_step_cost.py --dataset amazon-beauty --models SASRec InterestShiftCNN
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--models", nargs="+", default=["SASRec", "InterestShiftCNN"])
+    parser.add_argument("--data-path", default=str(REPO / "datasets"), help="folder holding <dataset>/")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per model per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=None, help="write the Markdown table here too")
+    return parser.parse_args()
+
+
+def build(model_name: str, args):
+    """(model, optimiser, train loader) for ``model_name`` under the comparison configs."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    from interest_migration.compat import get_model_class
+    from interest_migration.configs import config_files_for
+
+    model_class = get_model_class(model_name)
+    config = Config(
+        model=model_class,
+        dataset=args.dataset,
+        config_file_list=config_files_for(model_name, args.dataset, REPO / "recbole_configs"),
+        config_dict={"data_path": args.data_path, "show_progress": False},
+    )
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    model = model_class(config, train_data._dataset).train()
+    import torch
+
+    return model, torch.optim.Adam(model.parameters(), lr=config["learning_rate"]), train_data
+
+
+def step_seconds(model, optimiser, batches) -> float:
+    start = time.thread_time()
+    for batch in batches:
+        optimiser.zero_grad()
+        model.calculate_loss(batch).backward()
+        optimiser.step()
+    return (time.thread_time() - start) / len(batches)
+
+
+def main() -> int:
+    args = parse_args()
+    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line
+    import torch
+
+    import interest_migration  # noqa: F401  (registers InterestShiftCNN)
+
+    torch.set_num_threads(args.threads)
+    built = {name: build(name, args) for name in args.models}
+    batches = {}
+    for name, (model, optimiser, train_data) in built.items():
+        loader = iter(train_data)
+        batches[name] = [next(loader) for _ in range(args.steps + 2)]
+        step_seconds(model, optimiser, batches[name][:2])  # warm-up
+    timings = {name: [] for name in args.models}
+    for _ in range(args.rounds):
+        for name, (model, optimiser, _) in built.items():
+            timings[name].append(step_seconds(model, optimiser, batches[name][2:]))
+
+    base = statistics.median(timings[args.models[0]])
+    lines = [
+        f"{args.dataset}: CPU time per training step (median of {args.rounds} rounds of {args.steps} steps, "
+        f"{args.threads} thread(s))",
+        "",
+        "| model | CPU ms/step | steps/epoch | CPU s/epoch | relative |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in args.models:
+        seconds = statistics.median(timings[name])
+        n_steps = len(built[name][2])
+        lines.append(f"| {name} | {seconds * 1000:.1f} | {n_steps} | {seconds * n_steps:.1f} | {seconds / base:.2f} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        from interest_migration.utils.io import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
