@@ -8,6 +8,8 @@ that a change in load hits them alike. It prints CPU ms per step, steps per epoc
 implied CPU seconds per epoch, relative to the first model.
 
     python scripts/bench_step_cost.py --dataset amazon-beauty --models SASRec InterestShiftCNN
+    python scripts/bench_step_cost.py --dataset taobao-novel --data-path results/taobao/main/data \
+        --base-config recbole_configs/datasets/taobao.yaml
 """
 from __future__ import annotations
 
@@ -25,6 +27,10 @@ def parse_args():
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--models", nargs="+", default=["SASRec", "InterestShiftCNN"])
     parser.add_argument("--data-path", default=str(REPO / "datasets"), help="folder holding <dataset>/")
+    parser.add_argument(
+        "--base-config", nargs="*", default=[],
+        help="YAML files read before the dataset's own (e.g. recbole_configs/datasets/taobao.yaml for taobao-novel)",
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
@@ -45,7 +51,7 @@ def build(model_name: str, args):
     config = Config(
         model=model_class,
         dataset=args.dataset,
-        config_file_list=config_files_for(model_name, args.dataset, REPO / "recbole_configs"),
+        config_file_list=_with_base(config_files_for(model_name, args.dataset, REPO / "recbole_configs"), args.base_config),
         config_dict={"data_path": args.data_path, "show_progress": False},
     )
     init_seed(config["seed"], config["reproducibility"])
@@ -54,6 +60,10 @@ def build(model_name: str, args):
     import torch
 
     return model, torch.optim.Adam(model.parameters(), lr=config["learning_rate"]), train_data
+
+
+def _with_base(files: list[str], base: list[str]) -> list[str]:
+    return files[:1] + [str(Path(f).resolve()) for f in base] + files[1:]  # protocol first, as compare does
 
 
 def step_seconds(model, optimiser, batches) -> float:
