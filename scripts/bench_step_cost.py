@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_report import emit  # scripts/bench_report.py
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -106,12 +108,7 @@ def main() -> int:
         seconds = statistics.median(timings[name])
         n_steps = len(built[name][2])
         lines.append(f"| {name} | {seconds * 1000:.1f} | {n_steps} | {seconds * n_steps:.1f} | {seconds / base:.2f} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        from interest_migration.utils.io import atomic_write_text
-
-        atomic_write_text(args.out, text + "\n")
+    emit("\n".join(lines), args.out)
     return 0
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench_report import emit  # scripts/bench_report.py
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -75,12 +77,7 @@ def main() -> int:
     for name, rank in rankings.items():
         scores = np.array([ndcg_at_10(rank(history), target) for history, target in sequences])
         lines.append(f"| {name} | {scores.mean():.4f} | {scores[in_history].mean():.4f} | 0 |")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        from interest_migration.utils.io import atomic_write_text
-
-        atomic_write_text(args.out, text + "\n")
+    emit("\n".join(lines), args.out)
     return 0
 
 
