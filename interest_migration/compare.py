@@ -156,6 +156,7 @@ def build_specs(args, config_dir: Path, models, protocols, data: dict, seeds, ov
     from interest_migration.benchmark.runner import RunSpec
     from interest_migration.configs import config_files_for
 
+    caps = epoch_caps(args.max_epochs)
     specs = []
     for protocol in protocols:
         for label, model in models:
@@ -164,7 +165,7 @@ def build_specs(args, config_dir: Path, models, protocols, data: dict, seeds, ov
             at = files.index(dataset_yaml) + 1 if dataset_yaml in files else 1  # right after protocol/dataset
             files[at:at] = protocol_dataset_yaml(config_dir, args.dataset, protocol.name)
             config = {**protocol.config(), "data_path": data[protocol.name]["data_path"], **overrides}
-            cap = epoch_caps(args.max_epochs).get(protocol.name)
+            cap = caps.get(protocol.name)
             if cap is not None:
                 epochs = config.get("epochs", merged_yaml(files).get("epochs", cap))
                 config["epochs"] = min(int(epochs), cap)

@@ -44,7 +44,7 @@ def summarise(results: list[dict], per_user: dict) -> pd.DataFrame:
 
                 _, row["ndcg@10_ci_low"], row["ndcg@10_ci_high"] = mean_ci(users["ndcg@10"])
         failed = group[group["status"] != "ok"]
-        errors = failed["error"].dropna() if "error" in failed else failed["status"].iloc[:0]
+        errors = failed.get("error", pd.Series(dtype=object)).dropna()
         row["error"] = "; ".join(sorted(set(errors)))[:300] if len(errors) else ""
         rows.append(row)
     return pd.DataFrame(rows)

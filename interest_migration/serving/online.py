@@ -220,9 +220,7 @@ class OnlineRecommender:
             return self.interaction([(list(h.items), list(h.behaviors), list(h.times)) for h in selected])
 
         probes = [batch(histories[:1]), batch(histories[1:4] or histories), batch(histories)]
-        return TracedScorer.build(
-            self.model, batch(histories[:8]), probes, n_next=self._n_next
-        )
+        return TracedScorer.build(self.model, batch(histories[:8]), probes, n_next=self._n_next)
 
     def _seed_from_dataset(self):
         """Each known user's last ``max_len`` events, what they have seen, and item popularity.

@@ -352,11 +352,10 @@ class InterestShiftCNN(SequentialRecommender):
             migration = (shift_logit, log_p_cat, q_logits, current)
         return log_probs, migration
 
-    def _log_prob_in_category(self, scores, items):
-        """log P(items[b] | its category) [B], reading the [B, largest category] scores of the
-        target's category instead of all items: the exponentials dominate a training step on
-        large catalogues."""
-        category = self.item2cat[items]
+    def _log_prob_in_category(self, scores, items, category):
+        """log P(items[b] | category[b]) [B], category[b] being the item's own, reading the
+        [B, largest category] scores of that category instead of all items: the exponentials
+        dominate a training step on large catalogues."""
         offsets = torch.arange(self.max_category_size, device=scores.device).unsqueeze(0)
         index = (self.category_start[category].unsqueeze(1) + offsets).clamp(max=self.n_items - 1)
         in_category = scores.gather(1, self.items_by_category[index])
@@ -374,7 +373,7 @@ class InterestShiftCNN(SequentialRecommender):
         else:
             target_cat = self.item2cat[pos_items]
             log_p = migration[1].gather(1, target_cat.unsqueeze(1)).squeeze(1) + self._log_prob_in_category(
-                scores, pos_items
+                scores, pos_items, target_cat
             )
         if repeat is not None:
             log_repeat, log_explore, log_position = repeat
@@ -384,7 +383,6 @@ class InterestShiftCNN(SequentialRecommender):
         if migration is None:
             return loss
         shift_logit, _, q_logits, current = migration
-        target_cat = self.item2cat[pos_items]
         shifted = (target_cat != current).float()
         shift_loss = F.binary_cross_entropy_with_logits(shift_logit, shifted)
         cat_loss = (F.cross_entropy(q_logits, target_cat, reduction="none") * shifted).sum()
