@@ -45,10 +45,11 @@ def write_planted_dataset(
             behavior = "buy" if step % stay == stay - 1 else "pv"
             ts += int(rng.integers(30, 4000))
             inter.append(f"u{user}\ti{item}\t{ts}\t{behavior}")
-    items = ["item_id:token\tcategory_id:token"]
+    # two brands per category (even and odd slots), for models that read item attributes
+    items = ["item_id:token\tcategory_id:token\tbrand:token"]
     for category in range(n_categories):
         for slot in range(items_per_category):
-            items.append(f"i{category * items_per_category + slot + 1}\tc{category}")
+            items.append(f"i{category * items_per_category + slot + 1}\tc{category}\tb{category}-{slot % 2}")
     (folder / f"{name}.inter").write_text("\n".join(inter) + "\n")
     (folder / f"{name}.item").write_text("\n".join(items) + "\n")
     return Path(root)

@@ -211,7 +211,8 @@ def test_without_categories_it_is_a_plain_next_item_cnn(planted, caplog):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"CATEGORY_FIELD": "genre"}, "CATEGORY_FIELD='genre' is not a token or token_seq field"),
+        ({"CATEGORY_FIELD": "genre"}, "CATEGORY_FIELD names 'genre', which is not a token or token_seq field"),
+        ({"item_feature_fields": ["brand"]}, "item_feature_fields names 'brand', which is not a token"),  # not loaded
         ({"conv_padding": "same"}, "conv_padding='same' is not supported"),
         ({"kernel_size": 0}, "kernel_size must be an integer >= 1"),
         ({"dilations": [1, 0]}, "dilations must be a list of integers >= 1"),
@@ -241,3 +242,52 @@ def test_a_one_column_sequence_scores(planted):
         batch.interaction[field] = batch[field][:, :1]
     batch.interaction[model.ITEM_SEQ_LEN] = torch.ones(4, dtype=torch.long)
     assert model.full_sort_predict(batch).shape == (4, model.n_items)
+
+
+def _with_brand(planted, seed=0):
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+
+    config = Config(
+        model="InterestShiftCNN",
+        dataset="planted",
+        config_dict=planted_config(
+            planted["root"],
+            item_feature_fields=["brand"],
+            load_col={
+                "inter": ["user_id", "item_id", "timestamp", "behavior_type"],
+                "item": ["item_id", "category_id", "brand"],
+            },
+        ),
+    )
+    dataset = create_dataset(config)
+    train, _, _ = data_preparation(config, dataset)
+    torch.manual_seed(seed)
+    return InterestShiftCNN(config, train.dataset).eval(), dataset, next(iter(train))[:16]
+
+
+def test_item_attributes_are_shared_by_the_items_that_have_them(planted):
+    """With item_feature_fields, items of one brand share that brand's vector, on the input and
+    the scoring side, and the mixture stays a proper distribution."""
+    model, dataset, batch = _with_brand(planted)
+    brand_of = dataset.get_item_feature()["brand"]  # by internal item id
+    assert torch.equal(model.item2feature_0[dataset.get_item_feature()[dataset.iid_field]], brand_of)
+    assert model.feature_embeddings[0].num_embeddings == dataset.num("brand")
+    # moving one brand's vector moves exactly the representations of that brand's items
+    before = model._item_representations().detach().clone()
+    brand = int(brand_of[1])
+    with torch.no_grad():
+        model.feature_embeddings[0].weight[brand] += 1.0
+    moved = (model._item_representations() - before).abs().sum(1) > 0
+    assert torch.equal(moved, brand_of == brand)
+    seq = batch[model.ITEM_SEQ]
+    assert torch.allclose(model._embed_items(seq), model._item_representations()[seq], atol=1e-6)
+    probs = model.full_sort_predict(batch).exp()
+    assert torch.allclose(probs[:, 1:].sum(1), torch.ones(len(batch)), atol=1e-4)
+
+
+def test_item_attributes_are_learned(planted):
+    model, _, batch = _with_brand(planted)
+    model.train()
+    model.calculate_loss(batch).backward()
+    assert model.feature_embeddings[0].weight.grad.abs().sum() > 0

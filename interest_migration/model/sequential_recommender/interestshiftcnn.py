@@ -8,6 +8,10 @@ explicitly instead of leaving it implicit in one big softmax:
 
 * a causal, dilated, residual 1-D CNN reads the recent items, each embedded together with its
   category, behaviour type (pv/cart/fav/buy) and a log-bucketed time gap when the data has them;
+  an item's representation, on the input and on the scoring side, can add embeddings of further
+  item attributes (``item_feature_fields``: brand, leaf category, ...), which lets items with few
+  interactions borrow from others of the same brand or kind (as feature-aware sequential models
+  such as FDSA and S3-Rec do);
 * three heads read the user state at the last real position:
 
   - ``p_shift``: probability that the next category differs from the current one (sigmoid);
@@ -94,6 +98,7 @@ class InterestShiftCNN(SequentialRecommender):
         self.initializer_range = config["initializer_range"]
         self.migration_top_k = config["migration_top_k"]
         self.repeat_mixture = bool(config["repeat_mixture"])
+        self.item_feature_fields = list(config["item_feature_fields"] or [])
         self.loss_type = config["loss_type"]
         self._check_hyper_parameters()
 
@@ -111,8 +116,15 @@ class InterestShiftCNN(SequentialRecommender):
         # define layers
         self.item_embedding = nn.Embedding(self.n_items, self.embedding_size, padding_idx=0)
         self.item_bias = nn.Parameter(torch.zeros(self.n_items))
+        # item attributes added to the item representation: one embedding table and one
+        # item -> token buffer per field (buffers, so checkpoints and tracing carry them)
+        self.feature_embeddings = nn.ModuleList()
+        for k, field in enumerate(self.item_feature_fields):
+            item2token, n_tokens = self._item_tokens(dataset, field, "item_feature_fields")
+            self.register_buffer(f"item2feature_{k}", item2token)
+            self.feature_embeddings.append(nn.Embedding(n_tokens, self.embedding_size, padding_idx=0))
         if self.use_category:
-            item2cat, self.n_categories = self._item_categories(dataset, self.CATEGORY_FIELD)
+            item2cat, self.n_categories = self._item_tokens(dataset, self.CATEGORY_FIELD, "CATEGORY_FIELD")
             self.register_buffer("item2cat", item2cat)
             has_items = torch.zeros(self.n_categories, dtype=torch.bool)
             has_items[item2cat[1:]] = True
@@ -156,7 +168,8 @@ class InterestShiftCNN(SequentialRecommender):
         # parameters initialization
         self.apply(self._init_weights)
         self.logger.info(
-            "InterestShiftCNN inputs: item%s%s%s",
+            "InterestShiftCNN inputs: item%s%s%s%s",
+            "".join(f" + {field}" for field in self.item_feature_fields),
             f" + category[{self.CATEGORY_FIELD}]" if self.use_category else "",
             f" + behaviour[{self.BEHAVIOR_FIELD}]" if self.use_behavior else "",
             f" + time gap[{self.TIME_FIELD}]" if self.use_time else "",
@@ -190,8 +203,9 @@ class InterestShiftCNN(SequentialRecommender):
         return field is not None and dataset.field2source.get(field) == FeatureSource.INTERACTION
 
     @staticmethod
-    def _item_categories(dataset, field):
-        """Category id of every item id (0 = unknown); the first value of a ``token_seq`` field."""
+    def _item_tokens(dataset, field, key):
+        """Token id of ``field`` for every item id (0 = unknown); the first value of a ``token_seq``
+        field. ``key`` is the config key that named the field, for the error message."""
         if dataset.field2source.get(field) != FeatureSource.ITEM or dataset.field2type[field] not in (
             FeatureType.TOKEN,
             FeatureType.TOKEN_SEQ,
@@ -200,9 +214,9 @@ class InterestShiftCNN(SequentialRecommender):
                 f for f, s in dataset.field2source.items() if s == FeatureSource.ITEM and f != dataset.iid_field
             ]
             raise ValueError(
-                f"InterestShiftCNN: CATEGORY_FIELD={field!r} is not a token or token_seq field of the item "
+                f"InterestShiftCNN: {key} names {field!r}, which is not a token or token_seq field of the item "
                 f"features of dataset {dataset.dataset_name!r} (loaded item fields: {item_fields or 'none'}); "
-                "add it to load_col['item'] or set CATEGORY_FIELD to one of those fields."
+                f"add it to load_col['item'] or set {key} to one of those fields."
             )
         item_feat = dataset.get_item_feature()
         categories = item_feat[field]
@@ -233,9 +247,23 @@ class InterestShiftCNN(SequentialRecommender):
         positions = torch.arange(timestamps.size(1), device=timestamps.device)
         return buckets.masked_fill(positions.unsqueeze(0) >= item_seq_len.unsqueeze(1), 0)
 
+    def _item_representations(self):
+        """Every item's vector [n_items, D]: its own embedding plus its attributes' embeddings."""
+        vectors = self.item_embedding.weight
+        for k, embedding in enumerate(self.feature_embeddings):
+            vectors = vectors + embedding(getattr(self, f"item2feature_{k}"))
+        return vectors
+
+    def _embed_items(self, item_seq):
+        """Item vectors of a sequence [B, L, D], without building the whole table."""
+        x = self.item_embedding(item_seq)
+        for k, embedding in enumerate(self.feature_embeddings):
+            x = x + embedding(getattr(self, f"item2feature_{k}")[item_seq])
+        return x
+
     def forward(self, item_seq, item_seq_len, behavior_seq=None, time_seq=None):
         """User state at the last real position of each sequence: [B, D]."""
-        x = self.item_embedding(item_seq)
+        x = self._embed_items(item_seq)
         if self.use_category:
             x = x + self.category_embedding(self.item2cat[item_seq])
         if self.use_behavior and behavior_seq is not None:
@@ -267,7 +295,7 @@ class InterestShiftCNN(SequentialRecommender):
         """Unnormalised item scores [B, n_items]: preference + bias."""
         # the padding item's mask rides on the bias, so that the matmul adds both in one pass
         bias = self.item_bias.index_fill(0, torch.zeros(1, dtype=torch.long, device=seq_output.device), _MASKED)
-        return torch.addmm(bias, seq_output, self.item_embedding.weight.t())
+        return torch.addmm(bias, seq_output, self._item_representations().t())
 
     def _migration(self, seq_output, item_seq, item_seq_len):
         """(shift logit [B], log P(c) [B, C], masked q-logits [B, C], current category [B])."""
@@ -307,7 +335,7 @@ class InterestShiftCNN(SequentialRecommender):
         positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
         recency = item_seq_len.unsqueeze(1) - 1 - positions  # 0 = last event
         logits = self.repeat_position_head(seq_output).gather(1, recency.clamp(0, self.repeat_buckets - 1))
-        logits = logits + (self.item_embedding(item_seq) * seq_output.unsqueeze(1)).sum(-1)
+        logits = logits + (self._embed_items(item_seq) * seq_output.unsqueeze(1)).sum(-1)
         if self.use_behavior and behavior_seq is not None:
             logits = logits + self.repeat_behavior(behavior_seq).squeeze(-1)
         log_position = F.log_softmax(logits.masked_fill(recency < 0, _MASKED), dim=1)
