@@ -172,3 +172,40 @@ def test_epoch_caps_per_protocol():
     assert epoch_caps(None) == {}
     with pytest.raises(ValueError, match="PROTOCOL=N"):
         epoch_caps(["sometimes=3"])
+
+
+def test_a_run_ends_when_the_comparison_that_started_it_is_killed(tmp_path):
+    """Killing ``compare`` (kill -9, Ctrl-C) must not leave its training run going as an orphan."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = (
+        "import os, sys, time\n"
+        "from interest_migration.benchmark.runner import _end_with_parent\n"
+        "_end_with_parent(int(sys.argv[1]))\n"
+        "print(os.getpid(), flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = (
+        "import os, subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', {child!r}, str(os.getpid())])\n"
+        "time.sleep(120)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True, env=env)
+    child_pid = int(proc.stdout.readline())  # the run is up, and has asked to end with its parent
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child_pid, signal.SIGKILL)
+        pytest.fail("the run outlived the comparison that started it")

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from interest_migration.utils.io import atomic_path, atomic_write_text
 
+#: environment variable telling a run which process started it
+_PARENT_PID = "INTEREST_MIGRATION_COMPARE_PID"
 #: result keys copied from RunRecord.as_dict()
 COST_KEYS = ("epochs", "seconds_per_epoch", "cpu_seconds_per_epoch", "train_seconds", "test_eval_seconds",
              "n_params", "peak_rss_mb")
@@ -104,7 +106,8 @@ def run_spec(spec: RunSpec, runs_dir: Path, work_dir: Path, timeout: float | Non
     threads = str(max(int(spec.threads), 1))
     # On a shared CPU, spinning OpenMP threads of several processes slow each other down many times
     # over, so each run gets a fixed, small thread count.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+           _PARENT_PID: str(os.getpid())}
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     with open(log_file, "w", encoding="utf-8") as log:
@@ -174,5 +177,20 @@ def _execute(spec_file: Path) -> int:
     return 0 if result["status"] == "ok" else 1
 
 
+def _end_with_parent(parent_pid: int) -> None:
+    """Linux: end this run when the comparison that started it ends (Ctrl-C, kill), instead of
+    training on unseen as an orphan; elsewhere nothing changes."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent ended before the request took effect
+        sys.exit(1)
+
+
 if __name__ == "__main__":
+    _end_with_parent(int(os.environ.get(_PARENT_PID, os.getppid())))
     sys.exit(_execute(Path(sys.argv[1])))
