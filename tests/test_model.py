@@ -291,3 +291,17 @@ def test_item_attributes_are_learned(planted):
     model.train()
     model.calculate_loss(batch).backward()
     assert model.feature_embeddings[0].weight.grad.abs().sum() > 0
+
+
+def test_item_table_is_reused_without_gradients_and_rebuilt_when_weights_change(planted):
+    model, _, batch = _with_brand(planted)
+    with torch.no_grad():
+        first = model._item_representations()
+        assert model._item_representations() is first  # reused
+        before = model.full_sort_predict(batch)
+        model.feature_embeddings[0].weight.add_(torch.randn_like(model.feature_embeddings[0].weight))  # as an optimiser step
+        assert model._item_representations() is not first
+        assert not torch.allclose(model.full_sort_predict(batch), before)
+        expected = model.item_embedding.weight + model.feature_embeddings[0].weight[model.item2feature_0]
+        assert torch.allclose(model._item_representations(), expected)
+    assert model._item_representations().requires_grad  # training builds it afresh, with gradients

@@ -248,7 +248,22 @@ class InterestShiftCNN(SequentialRecommender):
         return buckets.masked_fill(positions.unsqueeze(0) >= item_seq_len.unsqueeze(1), 0)
 
     def _item_representations(self):
-        """Every item's vector [n_items, D]: its own embedding plus its attributes' embeddings."""
+        """Every item's vector [n_items, D]: its own embedding plus its attributes' embeddings.
+
+        Without gradients (evaluation, export, serving) the table is built once per version of the
+        weights and reused: building it costs more than scoring one user against it.
+        """
+        weights = (self.item_embedding.weight, *(embedding.weight for embedding in self.feature_embeddings))
+        if not self.feature_embeddings:
+            return weights[0]
+        if torch.is_grad_enabled():
+            return self._build_item_representations()
+        key = tuple((w.data_ptr(), w._version) for w in weights)
+        if getattr(self, "_item_table_key", None) != key:
+            self._item_table, self._item_table_key = self._build_item_representations(), key
+        return self._item_table
+
+    def _build_item_representations(self):
         vectors = self.item_embedding.weight
         for k, embedding in enumerate(self.feature_embeddings):
             vectors = vectors + embedding(getattr(self, f"item2feature_{k}"))
