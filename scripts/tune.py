@@ -26,10 +26,17 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="results")
     parser.add_argument("--max-epochs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=2020, help="seed of the random search")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1, as compare: fastest when the machine is shared)")
     args = parser.parse_args(argv)
     os.environ["HYPEROPT_FMIN_SEED"] = str(args.seed)  # hyperopt 0.2.5 reads its rstate from here
 
+    import torch
+
     import interest_migration  # noqa: F401  (registration: HyperTuning finds the plugin model by name)
+    # imported here, not first inside a trial: it imports ray, which reads sys.stdout.encoding, and
+    # hyperopt's progress bar replaces sys.stdout with an object that has none
+    import recbole.quick_start  # noqa: F401
     from recbole.trainer import HyperTuning
 
     from interest_migration.benchmark.protocols import get_protocol, prepare_dataset
@@ -37,6 +44,7 @@ def main(argv=None) -> int:
     from interest_migration.experiment import run_model
     from interest_migration.utils.io import atomic_write_text
 
+    torch.set_num_threads(max(args.threads, 1))
     protocol = get_protocol(args.protocol)
     out = Path(args.out) / args.dataset / "tuning"
     data = prepare_dataset(args.dataset, protocol, args.data_path, Path(args.out) / args.dataset / "main" / "data")

@@ -209,3 +209,28 @@ def test_a_run_ends_when_the_comparison_that_started_it_is_killed(tmp_path):
     else:
         os.kill(child_pid, signal.SIGKILL)
         pytest.fail("the run outlived the comparison that started it")
+
+
+def test_tuning_script_runs_recbole_hypertuning_with_a_fixed_budget(tmp_path):
+    """scripts/tune.py in a fresh process (as a user runs it): every trial is kept, the best is
+    the one with the best validation score."""
+    import os
+    import subprocess
+    import sys
+
+    write_planted_dataset(tmp_path / "datasets", n_users=N_USERS)
+    cfg = _config_dir(tmp_path)
+    (cfg / "hyper").mkdir()
+    (cfg / "hyper" / "InterestShiftCNN.hyper").write_text("learning_rate choice [0.001,0.005]\n")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "tune.py"), "--dataset", "planted", "--protocol", "novel",
+         "--models", "InterestShiftCNN", "--max-evals", "2", "--max-epochs", "1", "--config-dir", str(cfg),
+         "--data-path", str(tmp_path / "datasets"), "--out", str(tmp_path / "results")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "results" / "planted" / "tuning" / "novel-InterestShiftCNN.json").read_text())
+    assert report["max_evals"] == 2 and len(report["trials"]) == 2
+    assert {t["params"]["learning_rate"] for t in report["trials"]} <= {0.001, 0.005}
+    assert report["best"] == max(report["trials"], key=lambda t: t["best_valid"]["ndcg@10"])
+    assert all("ndcg@10" in t["test"] for t in report["trials"])
