@@ -270,11 +270,10 @@ class InterestShiftCNN(SequentialRecommender):
         return vectors
 
     def _embed_items(self, item_seq):
-        """Item vectors of a sequence [B, L, D], without building the whole table."""
-        x = self.item_embedding(item_seq)
-        for k, embedding in enumerate(self.feature_embeddings):
-            x = x + embedding(getattr(self, f"item2feature_{k}")[item_seq])
-        return x
+        """Item vectors of a sequence [B, L, D] (the padding item's stays zero)."""
+        if not self.feature_embeddings:
+            return self.item_embedding(item_seq)
+        return F.embedding(item_seq, self._item_representations())
 
     def forward(self, item_seq, item_seq_len, behavior_seq=None, time_seq=None):
         """User state at the last real position of each sequence: [B, D]."""
