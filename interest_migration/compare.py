@@ -142,16 +142,6 @@ def epoch_caps(values) -> dict:
     return caps
 
 
-def protocol_dataset_yaml(config_dir: Path, dataset: str, protocol: str) -> list[str]:
-    """``datasets/<dataset>-<protocol>.yaml`` when it exists: settings one protocol needs on one dataset.
-
-    It is read after the dataset's YAML and before the model's, e.g. smaller batches where the
-    ``novel`` filter leaves only a few thousand interactions.
-    """
-    path = config_dir / "datasets" / f"{dataset}-{protocol}.yaml"
-    return [str(path.resolve())] if path.is_file() else []
-
-
 def build_specs(args, config_dir: Path, models, protocols, data: dict, seeds, overrides) -> list:
     from interest_migration.benchmark.runner import RunSpec
     from interest_migration.configs import config_files_for
@@ -160,10 +150,7 @@ def build_specs(args, config_dir: Path, models, protocols, data: dict, seeds, ov
     specs = []
     for protocol in protocols:
         for label, model in models:
-            files = [str(Path(f).resolve()) for f in config_files_for(label, args.dataset, config_dir)]
-            dataset_yaml = str((config_dir / "datasets" / f"{args.dataset}.yaml").resolve())
-            at = files.index(dataset_yaml) + 1 if dataset_yaml in files else 1  # right after protocol/dataset
-            files[at:at] = protocol_dataset_yaml(config_dir, args.dataset, protocol.name)
+            files = [str(Path(f).resolve()) for f in config_files_for(label, args.dataset, config_dir, protocol.name)]
             config = {**protocol.config(), "data_path": data[protocol.name]["data_path"], **overrides}
             cap = caps.get(protocol.name)
             if cap is not None:

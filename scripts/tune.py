@@ -4,7 +4,8 @@
 
 Every model gets the same budget: ``--max-evals`` trials drawn at random (hyperopt, seeded) from
 its search space ``recbole_configs/hyper/<model>.hyper`` (RecBole's params-file format). Each
-trial is a full ``run_model`` on the protocol's data, selected on validation NDCG@10; the test
+trial is a full ``run_model`` on the protocol's data, with the YAML files ``compare`` uses for that
+protocol (``datasets/<dataset>-<protocol>.yaml`` included), selected on validation NDCG@10; the test
 metrics of every trial are kept so nothing is cherry-picked. Writes
 ``results/<dataset>/tuning/<protocol>-<model>.json`` and prints one table per model.
 """
@@ -62,13 +63,14 @@ def main(argv=None) -> int:
             return {"model": model, "best_valid_score": record.best_valid["ndcg@10"], "valid_score_bigger": True,
                     "best_valid_result": record.best_valid, "test_result": record.test}
 
+        files = config_files_for(model, args.dataset, args.config_dir, args.protocol)
         tuner = HyperTuning(objective, params_file=str(space), algo="random", max_evals=args.max_evals,
-                            fixed_config_file_list=config_files_for(model, args.dataset, args.config_dir))
+                            fixed_config_file_list=files)
         tuner.run()
         best = max(trials, key=lambda t: t["best_valid"]["ndcg@10"])
         atomic_write_text(out / f"{args.protocol}-{model}.json", json.dumps(
             {"dataset": args.dataset, "protocol": args.protocol, "model": model, "space": space.read_text(),
-             "max_evals": args.max_evals, "search": "random (hyperopt), seed " + str(args.seed),
+             "max_evals": args.max_evals, "search": "random (hyperopt), seed " + str(args.seed), "config_files": files,
              "best": best, "trials": trials}, indent=2, default=float))
         print(f"\n{model} ({args.protocol}, {len(trials)} trials): best valid NDCG@10 "
               f"{best['best_valid']['ndcg@10']:.4f} with {best['params']} -> test NDCG@10 {best['test']['ndcg@10']:.4f}")

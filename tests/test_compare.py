@@ -231,6 +231,9 @@ def test_tuning_script_runs_recbole_hypertuning_with_a_fixed_budget(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "results" / "planted" / "tuning" / "novel-InterestShiftCNN.json").read_text())
     assert report["max_evals"] == 2 and len(report["trials"]) == 2
+    # the trials read the YAML files compare reads under this protocol
+    assert [Path(f).name for f in report["config_files"]] == [
+        "protocol.yaml", "planted.yaml", "planted-novel.yaml", "InterestShiftCNN.yaml"]
     assert {t["params"]["learning_rate"] for t in report["trials"]} <= {0.001, 0.005}
     assert report["best"] == max(report["trials"], key=lambda t: t["best_valid"]["ndcg@10"])
     assert all("ndcg@10" in t["test"] for t in report["trials"])
