@@ -33,6 +33,9 @@ from interest_migration.data.pipeline import DatasetBuilder
 
 #: the 5-core guarantees this; written into the dataset YAML as a load-time filter
 FILTERS = {"user_inter_num_interval": "[5,inf)"}
+#: attributes the dataset YAML names as item features: the leaf category (which mostly implies the
+#: subcategory) and the brand (on Beauty they lift InterestShiftCNN's NDCG@10 by about 14 %)
+ITEM_FEATURES = ["leaf_category", "brand"]
 #: attributes seen on fewer items than this were dropped by S3-Rec
 MIN_ATTRIBUTE_ITEMS = 5
 
@@ -166,7 +169,7 @@ def convert(input, out_dir, name: str | None = None, options: CleaningOptions | 
                  "so the source order survives sorting by time")
 
     with DatasetBuilder(name, out_dir, spec, options, log, converter="amazon", filters=FILTERS,
-                        overwrite=overwrite) as builder:
+                        overwrite=overwrite, item_features=ITEM_FEATURES) as builder:
         builder.notes.extend(notes)
         for role, path in paths.items():
             builder.add_source(path, file_sha256(path), role=role)

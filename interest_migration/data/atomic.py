@@ -139,8 +139,12 @@ def staged_folder(target: Path, overwrite: bool = False) -> Iterator[Path]:
 
 
 def recbole_config(name: str, inter_fields: list[str], item_fields: list[str], filters: dict | None = None,
-                   comment: str = "") -> str:
-    """The dataset YAML that makes RecBole load exactly the converted fields."""
+                   comment: str = "", item_features: list[str] | None = None) -> str:
+    """The dataset YAML that makes RecBole load exactly the converted fields.
+
+    ``item_features``: item attributes worth reading besides the category; they become
+    InterestShiftCNN's ``item_feature_fields`` and SASRecF's ``selected_features``.
+    """
     config = {
         "USER_ID_FIELD": USER_FIELD,
         "ITEM_ID_FIELD": ITEM_FIELD,
@@ -154,4 +158,10 @@ def recbole_config(name: str, inter_fields: list[str], item_fields: list[str], f
     lines = [f"# RecBole dataset config for datasets/{name} (python -m interest_migration prepare ...).",
              "# Pass --data_path=datasets/ (or set data_path) so RecBole finds the files."]
     lines += [f"# {c}" for c in comment.splitlines() if c]
-    return "\n".join(lines) + "\n" + yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+    text = "\n".join(lines) + "\n" + yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+    if item_features:
+        features = {"item_feature_fields": list(item_features), "selected_features": list(item_features)}
+        text += ("# Item attributes beyond the top-level category: InterestShiftCNN adds their embeddings to every\n"
+                 "# item's vector; SASRecF (RecBole's feature-aware SASRec) adds them to its input.\n"
+                 + yaml.safe_dump(features, sort_keys=False, default_flow_style=None))
+    return text

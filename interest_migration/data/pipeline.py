@@ -38,7 +38,7 @@ class DatasetBuilder:
 
     def __init__(self, name: str, out_dir, spec: FieldSpec, options: CleaningOptions, log: DropLog, *,
                  converter: str, partitions: int = 1, overwrite: bool = False, filters: dict | None = None,
-                 progress: bool | None = None):
+                 progress: bool | None = None, item_features: list[str] | None = None):
         self.name = name
         self.target = atomic.dataset_path(out_dir, name)
         self.spec, self.options, self.log = spec, options, log
@@ -46,6 +46,7 @@ class DatasetBuilder:
         self.n_parts = max(1, int(partitions))
         self.overwrite = overwrite
         self.filters = filters or {}
+        self.item_features = list(item_features or [])  # written into the dataset YAML
         self.progress = progress
         self.sources: list[dict] = []
         self.notes: list[str] = []
@@ -308,7 +309,8 @@ class DatasetBuilder:
         stats = {"users": users, "items": len(item_table), "categories": categories, "behaviors": behaviors,
                  "time_min": t_min, "time_max": t_max}
         item_fields = [atomic.ITEM_FIELD, atomic.CATEGORY_FIELD] + [f for f, _ in self._item_extra]
-        config = atomic.recbole_config(self.name, [f for f, _ in inter_fields], item_fields, self.filters)
+        config = atomic.recbole_config(self.name, [f for f, _ in inter_fields], item_fields, self.filters,
+                                       item_features=self.item_features)
         (self.folder / f"{self.name}.yaml").write_text(config, encoding="utf-8")
         options = {**self.options.as_dict(), "timestamp_unit": spec.timestamp_unit, "partitions": self.n_parts}
         manifest = build_manifest(name=self.name, converter=self.converter, sources=self.sources, log=log,
