@@ -22,12 +22,14 @@ from pathlib import Path
 from bench_report import emit  # scripts/bench_report.py
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "recbole_configs"
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--models", nargs="+", default=["SASRec", "InterestShiftCNN"])
+    parser.add_argument("--models", nargs="+", default=["SASRec", "InterestShiftCNN"],
+                        help="model YAML names, variants included (InterestShiftCNN-nofeatures), as compare takes them")
     parser.add_argument("--data-path", default=str(REPO / "datasets"), help="folder holding <dataset>/")
     parser.add_argument(
         "--base-config", nargs="*", default=[],
@@ -40,8 +42,9 @@ def parse_args():
     return parser.parse_args()
 
 
-def build(model_name: str, args):
-    """(model, optimiser, train loader) for ``model_name`` under the comparison configs."""
+def build(label: str, model_name: str, args):
+    """(model, optimiser, train loader) for the model YAML ``label`` (RecBole class ``model_name``)
+    under the comparison configs."""
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_seed
@@ -53,7 +56,7 @@ def build(model_name: str, args):
     config = Config(
         model=model_class,
         dataset=args.dataset,
-        config_file_list=_with_base(config_files_for(model_name, args.dataset, REPO / "recbole_configs"), args.base_config),
+        config_file_list=_with_base(config_files_for(label, args.dataset, CONFIG_DIR), args.base_config),
         config_dict={"data_path": args.data_path, "show_progress": False},
     )
     init_seed(config["seed"], config["reproducibility"])
@@ -84,19 +87,21 @@ def main() -> int:
 
     import interest_migration  # noqa: F401  (registers InterestShiftCNN)
 
+    from interest_migration.compare import resolve_models
+
     torch.set_num_threads(args.threads)
-    built = {name: build(name, args) for name in args.models}
+    built = {label: build(label, model, args) for label, model in resolve_models(args.models, CONFIG_DIR)}
     batches = {}
     for name, (model, optimiser, train_data) in built.items():
         loader = iter(train_data)
         batches[name] = [next(loader) for _ in range(args.steps + 2)]
         step_seconds(model, optimiser, batches[name][:2])  # warm-up
-    timings = {name: [] for name in args.models}
+    timings = {name: [] for name in built}
     for _ in range(args.rounds):
         for name, (model, optimiser, _) in built.items():
             timings[name].append(step_seconds(model, optimiser, batches[name][2:]))
 
-    base = statistics.median(timings[args.models[0]])
+    base = statistics.median(timings[next(iter(built))])
     lines = [
         f"{args.dataset}: CPU time per training step (median of {args.rounds} rounds of {args.steps} steps, "
         f"{args.threads} thread(s))",
@@ -104,7 +109,7 @@ def main() -> int:
         "| model | CPU ms/step | steps/epoch | CPU s/epoch | relative |",
         "|---|---:|---:|---:|---:|",
     ]
-    for name in args.models:
+    for name in built:
         seconds = statistics.median(timings[name])
         n_steps = len(built[name][2])
         lines.append(f"| {name} | {seconds * 1000:.1f} | {n_steps} | {seconds * n_steps:.1f} | {seconds / base:.2f} |")
