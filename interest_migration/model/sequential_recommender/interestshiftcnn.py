@@ -253,11 +253,11 @@ class InterestShiftCNN(SequentialRecommender):
         Without gradients (evaluation, export, serving) the table is built once per version of the
         weights and reused: building it costs more than scoring one user against it.
         """
-        weights = (self.item_embedding.weight, *(embedding.weight for embedding in self.feature_embeddings))
         if not self.feature_embeddings:
-            return weights[0]
+            return self.item_embedding.weight
         if torch.is_grad_enabled():
             return self._build_item_representations()
+        weights = (self.item_embedding.weight, *(embedding.weight for embedding in self.feature_embeddings))
         key = tuple((w.data_ptr(), w._version) for w in weights)
         if getattr(self, "_item_table_key", None) != key:
             self._item_table, self._item_table_key = self._build_item_representations(), key
@@ -269,15 +269,15 @@ class InterestShiftCNN(SequentialRecommender):
             vectors = vectors + embedding(getattr(self, f"item2feature_{k}"))
         return vectors
 
-    def _embed_items(self, item_seq):
-        """Item vectors of a sequence [B, L, D] (the padding item's stays zero)."""
-        if not self.feature_embeddings:
-            return self.item_embedding(item_seq)
-        return F.embedding(item_seq, self._item_representations())
+    def _embed_items(self, item_seq, item_table=None):
+        """Item vectors of a sequence [B, L, D], read from ``item_table`` (default: built here);
+        the padding item gets no gradient, as from an ``nn.Embedding`` with ``padding_idx``."""
+        table = self._item_representations() if item_table is None else item_table
+        return F.embedding(item_seq, table, padding_idx=0)
 
-    def forward(self, item_seq, item_seq_len, behavior_seq=None, time_seq=None):
+    def forward(self, item_seq, item_seq_len, behavior_seq=None, time_seq=None, item_table=None):
         """User state at the last real position of each sequence: [B, D]."""
-        x = self._embed_items(item_seq)
+        x = self._embed_items(item_seq, item_table)
         if self.use_category:
             x = x + self.category_embedding(self.item2cat[item_seq])
         if self.use_behavior and behavior_seq is not None:
@@ -288,12 +288,12 @@ class InterestShiftCNN(SequentialRecommender):
         output = self.output_norm(self.blocks(x))
         return self.gather_indexes(output, item_seq_len - 1)
 
-    def _encode(self, interaction):
+    def _encode(self, interaction, item_table):
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         behavior_seq = interaction[self.BEHAVIOR_SEQ] if self.use_behavior else None
         time_seq = interaction[self.TIME_SEQ] if self.use_time else None
-        return item_seq, item_seq_len, self.forward(item_seq, item_seq_len, behavior_seq, time_seq)
+        return item_seq, item_seq_len, self.forward(item_seq, item_seq_len, behavior_seq, time_seq, item_table)
 
     def _repeat_bonus(self, head, seq_output, id_seq, item_seq_len, scores):
         """Add to ``scores`` [B, n] a user-specific bonus per recency bucket for every id in ``id_seq``.
@@ -305,11 +305,11 @@ class InterestShiftCNN(SequentialRecommender):
         bonus = head(seq_output).gather(1, recency.clamp(0, self.repeat_buckets - 1))
         return scores.scatter_add(1, id_seq, bonus * (recency >= 0))
 
-    def _item_scores(self, seq_output):
+    def _item_scores(self, seq_output, item_table):
         """Unnormalised item scores [B, n_items]: preference + bias."""
         # the padding item's mask rides on the bias, so that the matmul adds both in one pass
         bias = self.item_bias.index_fill(0, torch.zeros(1, dtype=torch.long, device=seq_output.device), _MASKED)
-        return torch.addmm(bias, seq_output, self._item_representations().t())
+        return torch.addmm(bias, seq_output, item_table.t())
 
     def _migration(self, seq_output, item_seq, item_seq_len):
         """(shift logit [B], log P(c) [B, C], masked q-logits [B, C], current category [B])."""
@@ -338,7 +338,7 @@ class InterestShiftCNN(SequentialRecommender):
         cat_sum = torch.zeros_like(cat_max).scatter_add(1, index, shifted.exp())
         return shifted - cat_sum.clamp(min=torch.finfo(scores.dtype).tiny).log().gather(1, index)
 
-    def _repeat_mode(self, seq_output, item_seq, item_seq_len, behavior_seq):
+    def _repeat_mode(self, seq_output, item_seq, item_seq_len, behavior_seq, item_table):
         """(log p_repeat [B], log(1 - p_repeat) [B], log softmax over positions [B, L]).
 
         P(i | repeat) is a softmax over the positions of the sequence, summed per item: each
@@ -349,7 +349,7 @@ class InterestShiftCNN(SequentialRecommender):
         positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
         recency = item_seq_len.unsqueeze(1) - 1 - positions  # 0 = last event
         logits = self.repeat_position_head(seq_output).gather(1, recency.clamp(0, self.repeat_buckets - 1))
-        logits = logits + (self._embed_items(item_seq) * seq_output.unsqueeze(1)).sum(-1)
+        logits = logits + (self._embed_items(item_seq, item_table) * seq_output.unsqueeze(1)).sum(-1)
         if self.use_behavior and behavior_seq is not None:
             logits = logits + self.repeat_behavior(behavior_seq).squeeze(-1)
         log_position = F.log_softmax(logits.masked_fill(recency < 0, _MASKED), dim=1)
@@ -357,14 +357,16 @@ class InterestShiftCNN(SequentialRecommender):
         return F.logsigmoid(repeat_logit), F.logsigmoid(-repeat_logit), log_position
 
     def _outputs(self, interaction):
-        """One encoder pass and the terms of both modes: (item_seq, scores, migration, repeat)."""
-        item_seq, item_seq_len, seq_output = self._encode(interaction)
-        scores = self._item_scores(seq_output)
+        """One encoder pass and the terms of both modes: (item_seq, scores, migration, repeat).
+        The item table is built once for the input, the scores and the repeat mode."""
+        item_table = self._item_representations()
+        item_seq, item_seq_len, seq_output = self._encode(interaction, item_table)
+        scores = self._item_scores(seq_output, item_table)
         migration = self._migration(seq_output, item_seq, item_seq_len) if self.use_category else None
         repeat = None
         if self.repeat_mixture:
             behavior_seq = interaction[self.BEHAVIOR_SEQ] if self.use_behavior else None
-            repeat = self._repeat_mode(seq_output, item_seq, item_seq_len, behavior_seq)
+            repeat = self._repeat_mode(seq_output, item_seq, item_seq_len, behavior_seq, item_table)
         return item_seq, scores, migration, repeat
 
     def _log_probs(self, interaction):
