@@ -66,6 +66,26 @@ def test_causal_later_positions_do_not_change_the_state(planted):
     assert not torch.allclose(model(changed, cut, behavior, times), state, atol=1e-6)
 
 
+@pytest.mark.parametrize("kernel_size, dilation", [(3, 1), (3, 16), (2, 5), (1, 4)])
+def test_causal_block_is_a_left_padded_conv1d(kernel_size, dilation):
+    """The block's matrix product over shifted taps computes nn.Conv1d's function, and its gradients."""
+    from torch.nn import functional as F
+
+    from interest_migration.model.sequential_recommender.interestshiftcnn import CausalConvBlock
+
+    torch.manual_seed(0)
+    block = CausalConvBlock(8, kernel_size, dilation, dropout_prob=0.0)
+    x = torch.randn(3, 11, 8, requires_grad=True)
+    y = F.pad(F.gelu(block.norm(x)).transpose(1, 2), (block.left_pad, 0))
+    reference = x + F.conv1d(y, block.conv.weight, block.conv.bias, dilation=dilation).transpose(1, 2)
+    got = block(x)
+    assert torch.allclose(got, reference, atol=1e-5)
+    grads = torch.autograd.grad(got.square().sum(), (x, block.conv.weight, block.conv.bias))
+    expected = torch.autograd.grad(reference.square().sum(), (x, block.conv.weight, block.conv.bias))
+    for g, e in zip(grads, expected):
+        assert torch.allclose(g, e, atol=1e-4)
+
+
 def test_padding_invariance(planted):
     model, batch = _model(planted), _batch(planted)
     seq, length = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
