@@ -192,6 +192,26 @@ def test_any_recbole_sequential_model_serves(served, model_name):
             assert got["p_shift"] is None and got["next_categories"] is None
 
 
+def test_a_model_with_item_attributes_traces_its_item_table_as_a_constant(served):
+    """With item_feature_fields the traced graph reads the item table built once, instead of
+    rebuilding it from the attribute embeddings on every call, and scores as the model does."""
+    config, model, dataset, _ = _untrained(
+        "InterestShiftCNN",
+        served.data_root,
+        item_feature_fields=["brand"],
+        load_col={"inter": ["user_id", "item_id", "timestamp", "behavior_type"],
+                  "item": ["item_id", "category_id", "brand"]},
+    )
+    traced = OnlineRecommender(config, model, dataset)
+    eager = OnlineRecommender(config, model, dataset, trace=False)
+    assert traced.traced
+    assert "feature_embeddings" not in traced._scorer.graph.code
+    for user in sorted(set(served.inter["user_id"].astype(str)))[:8]:
+        a, b = traced.recommend(user, k=10), eager.recommend(user, k=10)
+        assert a["items"] == b["items"]
+        np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-5, atol=1e-5)
+
+
 def test_a_model_without_sequences_is_refused(served):
     config, model, dataset, _ = _untrained("Pop", served.data_root)
     with pytest.raises(ValueError, match="Pop is not a sequential model"):

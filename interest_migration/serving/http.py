@@ -167,6 +167,23 @@ class Handler(BaseHTTPRequestHandler):
         if logger.isEnabledFor(logging.DEBUG):  # called for every request: format only when shown
             logger.debug("%s %s", self.address_string(), format % args)
 
+    def log_request(self, code="-", size="-"):
+        if logger.isEnabledFor(logging.DEBUG):  # the stdlib formats its arguments before log_message
+            super().log_request(code, size)
+
+    _date = (0, "")  # (second, Date header of that second), shared by every connection
+
+    def date_time_string(self, timestamp=None):
+        """The Date header, formatted once per second instead of once per reply."""
+        if timestamp is not None:
+            return super().date_time_string(timestamp)
+        now = int(time.time())
+        second, text = Handler._date
+        if second != now:
+            text = super().date_time_string(now)
+            Handler._date = (now, text)
+        return text
+
     def _reply(self, status: int, payload: dict, close: bool = False) -> None:
         body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
         self.send_response(status)

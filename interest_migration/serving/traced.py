@@ -65,6 +65,9 @@ class TracedScorer:
         try:
             with torch.inference_mode(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TracerWarnings about Python values taken as constants
+                # one eager call first: what the model caches on its first call without gradients
+                # (InterestShiftCNN's item table) is then a constant of the graph, not rebuilt per call
+                eager(*(example[f] for f in fields))
                 graph = torch.jit.trace(eager, tuple(example[f] for f in fields), check_trace=False)
                 for probe in probes:
                     inputs = tuple(probe[f] for f in fields)
