@@ -58,31 +58,37 @@ _MASKED = -1e9  # finite "minus infinity": keeps log-softmax free of NaN when a 
 
 
 class CausalConvBlock(nn.Module):
-    """Pre-norm residual block around one causal dilated convolution.
+    """Pre-norm residual block around one causal dilated convolution, over packed sequences.
 
-    The input is padded on the left only, so position ``t`` never sees positions after ``t``;
-    RecBole pads sequences on the right, so those pads cannot reach the real positions. One
-    convolution and one dropout per block keep the CPU cost at about half of SASRec's.
-
-    The convolution is computed as one matrix product over the ``kernel_size`` shifted copies of
-    the input (the taps), with the weights of ``self.conv``: the same function as
-    ``nn.Conv1d``, but on CPU faster for training batches and about three times faster for the
-    one-user batches of online serving, where PyTorch takes its slow dilated-convolution path.
+    The block reads only the real positions of a batch, packed into one run ``[N, D]`` (a
+    training batch of Amazon Beauty is 83 % right padding). Each of the ``kernel_size`` taps
+    reads the position ``(kernel_size - 1 - k) * dilation`` steps earlier in the same sequence,
+    or zeros before the sequence starts: the function of a left-padded ``nn.Conv1d`` over each
+    sequence, so position ``t`` never sees positions after ``t``. The convolution is one matrix
+    product over the taps, with the weights of ``self.conv``. One convolution and one dropout
+    per block keep the CPU cost low.
     """
 
     def __init__(self, channels, kernel_size, dilation, dropout_prob):
         super().__init__()
         self.kernel_size, self.dilation = kernel_size, dilation
-        self.left_pad = (kernel_size - 1) * dilation
         self.norm = nn.LayerNorm(channels)
         self.conv = nn.Conv1d(channels, channels, kernel_size, dilation=dilation)
         self.dropout = nn.Dropout(dropout_prob)
 
-    def forward(self, x):
-        # x: [B, L, D] -> [B, L, D]
-        length = x.size(1)
-        y = F.pad(F.gelu(self.norm(x)), (0, 0, self.left_pad, 0))  # [B, left_pad + L, D]
-        taps = torch.cat([y[:, k * self.dilation : k * self.dilation + length] for k in range(self.kernel_size)], 2)
+    def tap_rows(self, position):
+        """[K, N] rows read by each tap, for packed rows at ``position`` in their sequence [N]:
+        row ``p + 1 - shift`` of the zero-led input, or its zero row 0 before the sequence starts."""
+        rows = torch.arange(1, position.size(0) + 1, device=position.device)
+        shifts = torch.arange(self.kernel_size - 1, -1, -1, device=position.device) * self.dilation
+        return torch.where(position >= shifts.unsqueeze(1), rows - shifts.unsqueeze(1), 0)
+
+    def forward(self, x, tap_rows):
+        # x: [N, D] -> [N, D]
+        n, channels = x.shape
+        y = F.pad(F.gelu(self.norm(x)), (0, 0, 1, 0))  # row 0: the zeros before a sequence starts
+        taps = y.index_select(0, tap_rows.flatten()).view(self.kernel_size, n, channels)
+        taps = taps.transpose(0, 1).reshape(n, self.kernel_size * channels)
         weight = self.conv.weight.transpose(1, 2).reshape(self.conv.out_channels, -1)  # [D, K * D], tap-major
         return x + self.dropout(F.linear(taps, weight, self.conv.bias))
 
@@ -160,12 +166,10 @@ class InterestShiftCNN(SequentialRecommender):
             self.time_embedding = nn.Embedding(self.time_buckets, self.embedding_size, padding_idx=0)
         self.input_norm = nn.LayerNorm(self.embedding_size)
         self.input_dropout = nn.Dropout(self.dropout_prob)
-        self.blocks = nn.Sequential(
-            *[
-                CausalConvBlock(self.embedding_size, self.kernel_size, dilation, self.dropout_prob)
-                for _ in range(self.n_layers)
-                for dilation in self.dilations
-            ]
+        self.blocks = nn.ModuleList(
+            CausalConvBlock(self.embedding_size, self.kernel_size, dilation, self.dropout_prob)
+            for _ in range(self.n_layers)
+            for dilation in self.dilations
         )
         self.output_norm = nn.LayerNorm(self.embedding_size)
         if self.repeat_mixture:
@@ -279,23 +283,35 @@ class InterestShiftCNN(SequentialRecommender):
         return vectors
 
     def _embed_items(self, item_seq, item_table=None):
-        """Item vectors of a sequence [B, L, D], read from ``item_table`` (default: built here);
+        """Item vectors of item ids [...] -> [..., D], read from ``item_table`` (default: built here);
         the padding item gets no gradient, as from an ``nn.Embedding`` with ``padding_idx``."""
         table = self._item_representations() if item_table is None else item_table
         return F.embedding(item_seq, table, padding_idx=0)
 
     def forward(self, item_seq, item_seq_len, behavior_seq=None, time_seq=None, item_table=None):
-        """User state at the last real position of each sequence: [B, D]."""
-        x = self._embed_items(item_seq, item_table)
+        """User state at the last real position of each sequence: [B, D].
+
+        The CNN runs over the real positions only, packed sequence after sequence into one run
+        (see :class:`CausalConvBlock`); the padding after each sequence is never computed.
+        """
+        positions = torch.arange(item_seq.size(1), device=item_seq.device)
+        packed = (positions.unsqueeze(0) < item_seq_len.unsqueeze(1)).flatten().nonzero().squeeze(1)  # [N]
+        position = packed % item_seq.size(1)  # of each packed row in its sequence
+        items = item_seq.flatten()[packed]
+        x = self._embed_items(items, item_table)
         if self.use_category:
-            x = x + self.category_embedding(self.item2cat[item_seq])
+            x = x + self.category_embedding(self.item2cat[items])
         if self.use_behavior and behavior_seq is not None:
-            x = x + self.behavior_embedding(behavior_seq)
+            x = x + self.behavior_embedding(behavior_seq.flatten()[packed])
         if self.use_time and time_seq is not None:
-            x = x + self.time_embedding(self._time_gap_buckets(time_seq, item_seq_len))
+            x = x + self.time_embedding(self._time_gap_buckets(time_seq, item_seq_len).flatten()[packed])
         x = self.input_dropout(self.input_norm(x))
-        output = self.output_norm(self.blocks(x))
-        return self.gather_indexes(output, item_seq_len - 1)
+        tap_rows = {}  # per dilation: shared by the repeats of the stack
+        for block in self.blocks:
+            if block.dilation not in tap_rows:
+                tap_rows[block.dilation] = block.tap_rows(position)
+            x = block(x, tap_rows[block.dilation])
+        return self.output_norm(x)[torch.cumsum(item_seq_len, 0) - 1]  # each sequence's last row
 
     def _encode(self, interaction, item_table):
         item_seq = interaction[self.ITEM_SEQ]
