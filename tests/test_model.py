@@ -73,7 +73,7 @@ def test_causal_block_over_packed_sequences_is_a_left_padded_conv1d_per_sequence
     sequence of the run. Gradients agree too."""
     from torch.nn import functional as F
 
-    from interest_migration.model.sequential_recommender.interestshiftcnn import CausalConvBlock
+    from interest_migration.model.sequential_recommender.interestshiftcnn import CausalConvBlock, tap_rows
 
     torch.manual_seed(0)
     block = CausalConvBlock(8, kernel_size, dilation, dropout_prob=0.0)
@@ -81,7 +81,7 @@ def test_causal_block_over_packed_sequences_is_a_left_padded_conv1d_per_sequence
     x = torch.randn(len(lengths), 11, 8, requires_grad=True)
     real = torch.arange(11).unsqueeze(0) < lengths.unsqueeze(1)
     packed = real.flatten().nonzero().squeeze(1)
-    got = block(x.reshape(-1, 8)[packed], block.tap_rows(packed % 11))
+    got = block(x.reshape(-1, 8)[packed], tap_rows(packed % 11, block.shifts))
     left_pad = (kernel_size - 1) * dilation
     reference = []
     for row, n in enumerate(lengths.tolist()):

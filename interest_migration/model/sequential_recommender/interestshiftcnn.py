@@ -57,6 +57,18 @@ from recbole.utils import FeatureSource, FeatureType
 _MASKED = -1e9  # finite "minus infinity": keeps log-softmax free of NaN when a row is all masked
 
 
+def tap_rows(position, shifts):
+    """Rows read by causal taps over packed sequences: ``[*shifts.shape, N]``.
+
+    For packed rows at ``position`` [N] in their own sequence, a tap looking ``shift`` steps back
+    reads row ``p + 1 - shift`` of the zero-led run (``[1 + N, D]``, row 0 all zeros), or row 0
+    when that step lies before the sequence's start.
+    """
+    rows = torch.arange(1, position.size(0) + 1, device=position.device)
+    shifts = shifts.unsqueeze(-1)
+    return torch.where(position >= shifts, rows - shifts, 0)
+
+
 class CausalConvBlock(nn.Module):
     """Pre-norm residual block around one causal dilated convolution, over packed sequences.
 
@@ -75,19 +87,14 @@ class CausalConvBlock(nn.Module):
         self.norm = nn.LayerNorm(channels)
         self.conv = nn.Conv1d(channels, channels, kernel_size, dilation=dilation)
         self.dropout = nn.Dropout(dropout_prob)
+        # how far back each tap reads; not saved: it follows from the hyper-parameters
+        self.register_buffer("shifts", torch.arange(kernel_size - 1, -1, -1) * dilation, persistent=False)
 
-    def tap_rows(self, position):
-        """[K, N] rows read by each tap, for packed rows at ``position`` in their sequence [N]:
-        row ``p + 1 - shift`` of the zero-led input, or its zero row 0 before the sequence starts."""
-        rows = torch.arange(1, position.size(0) + 1, device=position.device)
-        shifts = torch.arange(self.kernel_size - 1, -1, -1, device=position.device) * self.dilation
-        return torch.where(position >= shifts.unsqueeze(1), rows - shifts.unsqueeze(1), 0)
-
-    def forward(self, x, tap_rows):
-        # x: [N, D] -> [N, D]
+    def forward(self, x, rows):
+        # x: [N, D] packed positions, rows: [K, N] (see tap_rows) -> [N, D]
         n, channels = x.shape
         y = F.pad(F.gelu(self.norm(x)), (0, 0, 1, 0))  # row 0: the zeros before a sequence starts
-        taps = y.index_select(0, tap_rows.flatten()).view(self.kernel_size, n, channels)
+        taps = y.index_select(0, rows.flatten()).view(self.kernel_size, n, channels)
         taps = taps.transpose(0, 1).reshape(n, self.kernel_size * channels)
         weight = self.conv.weight.transpose(1, 2).reshape(self.conv.out_channels, -1)  # [D, K * D], tap-major
         return x + self.dropout(F.linear(taps, weight, self.conv.bias))
@@ -171,6 +178,7 @@ class InterestShiftCNN(SequentialRecommender):
             for _ in range(self.n_layers)
             for dilation in self.dilations
         )
+        self.register_buffer("tap_shifts", torch.stack([block.shifts for block in self.blocks]), persistent=False)
         self.output_norm = nn.LayerNorm(self.embedding_size)
         if self.repeat_mixture:
             self.p_repeat_head = nn.Linear(self.embedding_size, 1)
@@ -306,11 +314,9 @@ class InterestShiftCNN(SequentialRecommender):
         if self.use_time and time_seq is not None:
             x = x + self.time_embedding(self._time_gap_buckets(time_seq, item_seq_len).flatten()[packed])
         x = self.input_dropout(self.input_norm(x))
-        tap_rows = {}  # per dilation: shared by the repeats of the stack
-        for block in self.blocks:
-            if block.dilation not in tap_rows:
-                tap_rows[block.dilation] = block.tap_rows(position)
-            x = block(x, tap_rows[block.dilation])
+        rows = tap_rows(position, self.tap_shifts)  # [blocks, K, N], all blocks at once
+        for block, block_rows in zip(self.blocks, rows):
+            x = block(x, block_rows)
         return self.output_norm(x)[torch.cumsum(item_seq_len, 0) - 1]  # each sequence's last row
 
     def _encode(self, interaction, item_table):
