@@ -123,6 +123,29 @@ def test_mixture_item_probabilities_sum_to_one(planted):
     assert torch.allclose(migration["top_category_probs"].sum(1), torch.ones(len(batch)), atol=1e-4)
 
 
+def test_spare_rows_of_training_batches_change_nothing(planted):
+    """Training pads the packed positions with spare rows (so that batches come in a few sizes);
+    with dropout off, train mode gives the loss and gradients of eval mode, which adds none."""
+    from interest_migration.model.sequential_recommender.interestshiftcnn import _spare_rows
+
+    model, batch = _model(planted), _batch(planted)
+    n = int(batch[model.ITEM_SEQ_LEN].sum())
+    assert 0 < _spare_rows(n) <= max(n // 4, 64)  # this batch gets spare rows: the test exercises them
+    assert all(0 <= _spare_rows(m) <= max(m // 4, 64) for m in range(1, 5000))
+    assert model.dropout_prob == 0.0
+    results = []
+    for training in (False, True):
+        model.train(training)
+        loss = model.calculate_loss(batch)
+        results.append((loss.detach(), torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)))
+    (eval_loss, eval_grads), (train_loss, train_grads) = results
+    assert torch.allclose(train_loss, eval_loss, atol=1e-6)
+    for a, b in zip(train_grads, eval_grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, atol=1e-6)
+
+
 @pytest.mark.parametrize("repeat_bias", [-2.0, 2.0])
 def test_training_loss_is_the_full_mixture_likelihood_of_the_target(planted, repeat_bias):
     """calculate_loss takes a shortcut (the target only); it must equal the NLL of full_sort_predict."""
