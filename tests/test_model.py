@@ -97,6 +97,18 @@ def test_causal_block_over_packed_sequences_is_a_left_padded_conv1d_per_sequence
         assert torch.allclose(g, e, atol=1e-4)
 
 
+def test_an_empty_sequence_reads_no_other_sequence(planted):
+    """Packed sequences sit side by side: a row of length 0 must not take its neighbour's state."""
+    model, batch = _model(planted), _batch(planted, n=2)
+    seq, behavior, times = batch[model.ITEM_SEQ], batch[model.BEHAVIOR_SEQ], batch[model.TIME_SEQ]
+    length = torch.tensor([int(batch[model.ITEM_SEQ_LEN][0]), 0])
+    state = model(seq, length, behavior, times)
+    changed = seq.clone()
+    changed[0] = torch.randint(1, model.n_items, changed[0].shape)
+    assert torch.allclose(model(changed, length, behavior, times)[1], state[1], atol=1e-6)
+    assert not torch.allclose(model(changed, length, behavior, times)[0], state[0], atol=1e-6)
+
+
 def test_padding_invariance(planted):
     model, batch = _model(planted), _batch(planted)
     seq, length = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]

@@ -95,7 +95,7 @@ class CausalConvBlock(nn.Module):
 
     def __init__(self, channels, kernel_size, dilation, dropout_prob):
         super().__init__()
-        self.kernel_size, self.dilation = kernel_size, dilation
+        self.kernel_size = kernel_size
         self.norm = nn.LayerNorm(channels)
         self.conv = nn.Conv1d(channels, channels, kernel_size, dilation=dilation)
         self.dropout = nn.Dropout(dropout_prob)
@@ -314,6 +314,7 @@ class InterestShiftCNN(SequentialRecommender):
         The CNN runs over the real positions only, packed sequence after sequence into one run
         (see :class:`CausalConvBlock`); the padding after each sequence is never computed.
         """
+        item_seq_len = item_seq_len.clamp(min=1)  # an empty sequence reads its own padding, no other row
         positions = torch.arange(item_seq.size(1), device=item_seq.device)
         packed = (positions.unsqueeze(0) < item_seq_len.unsqueeze(1)).flatten().nonzero().squeeze(1)  # [N]
         extra = _spare_rows(packed.size(0)) if self.training else 0
