@@ -106,6 +106,9 @@ def test_latest_context_reads_the_whole_history(model, loaded, export_base, tmp_
         assert list(dataset.field2id_token[field]) == list(run.dataset.field2id_token[field])
     model_on_extended = type(run.model)(config, train._dataset)
     model_on_extended.load_state_dict(run.model.state_dict())
+    for name, buffer in run.model.named_buffers():  # and what it rebuilt from its training data
+        if name.startswith("item_graph"):
+            setattr(model_on_extended, name, buffer)
     model_on_extended.eval()
 
     uids = np.unique(test.dataset.inter_feat["user_id"].numpy())

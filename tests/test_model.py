@@ -158,10 +158,11 @@ def test_spare_rows_of_training_batches_change_nothing(planted):
             assert torch.allclose(a, b, atol=1e-6)
 
 
-@pytest.mark.parametrize("repeat_bias", [-2.0, 2.0])
-def test_training_loss_is_the_full_mixture_likelihood_of_the_target(planted, repeat_bias):
+@pytest.mark.parametrize("repeat_bias, temperature", [(-2.0, None), (2.0, None), (2.0, 0.1)])
+def test_training_loss_is_the_full_mixture_likelihood_of_the_target(planted, repeat_bias, temperature):
     """calculate_loss takes a shortcut (the target only); it must equal the NLL of full_sort_predict."""
     model, batch = _model(planted), _batch(planted)
+    model.score_temperature = temperature
     torch.nn.init.constant_(model.p_repeat_head.bias, repeat_bias)
     model.lambda_cat = model.lambda_shift = 0.0
     full = model.full_sort_predict(batch)
@@ -282,6 +283,7 @@ def test_without_categories_it_is_a_plain_next_item_cnn(planted, caplog):
         ({"conv_padding": "same"}, "conv_padding='same' is not supported"),
         ({"kernel_size": 0}, "kernel_size must be an integer >= 1"),
         ({"dilations": [1, 0]}, "dilations must be a list of integers >= 1"),
+        ({"score_temperature": 0}, "score_temperature must be a number > 0"),
     ],
 )
 def test_bad_configs_are_clear_errors(planted, override, message):
@@ -336,6 +338,7 @@ def test_item_attributes_are_shared_by_the_items_that_have_them(planted):
     """With item_feature_fields, items of one brand share that brand's vector, on the input and
     the scoring side, and the mixture stays a proper distribution."""
     model, dataset, batch = _with_brand(planted)
+    model.item_graph_weight = 0.0  # neighbours in the transition graph would move too
     brand_of = dataset.get_item_feature()["brand"]  # by internal item id
     assert torch.equal(model.item2feature_0[dataset.get_item_feature()[dataset.iid_field]], brand_of)
     assert model.feature_embeddings[0].num_embeddings == dataset.num("brand")
@@ -369,5 +372,54 @@ def test_item_table_is_reused_without_gradients_and_rebuilt_when_weights_change(
         assert model._item_representations() is not first
         assert not torch.allclose(model.full_sort_predict(batch), before)
         expected = model.item_embedding.weight + model.feature_embeddings[0].weight[model.item2feature_0]
-        assert torch.allclose(model._item_representations(), expected)
+        expected = expected + model.item_graph_weight * torch.sparse.mm(model.item_graph, expected)
+        assert torch.allclose(model._item_representations(), expected, atol=1e-6)
     assert model._item_representations().requires_grad  # training builds it afresh, with gradients
+
+
+def test_cosine_scores_divide_by_the_temperature(planted):
+    """score_temperature: item scores are cos(user state, item vector) / temperature + item bias."""
+    model, batch = _model(planted), _batch(planted, n=8)
+    torch.nn.init.normal_(model.item_bias)
+    state = torch.randn(8, model.embedding_size)
+    table = model._item_representations()
+    dot = model._item_scores(state, table)
+    model.score_temperature = 0.25
+    cosine = torch.nn.functional.cosine_similarity(state.unsqueeze(1), table.unsqueeze(0), dim=-1)
+    scores = model._item_scores(state, table)
+    assert torch.allclose(scores[:, 1:], cosine[:, 1:] / 0.25 + model.item_bias[1:], atol=1e-5)
+    assert not torch.allclose(scores[:, 1:], dot[:, 1:])
+    assert (scores[:, 0] < -1e8).all()  # the padding item stays masked
+    probs = model.full_sort_predict(batch).exp()
+    assert torch.allclose(probs[:, 1:].sum(1), torch.ones(8), atol=1e-4)
+
+
+def test_item_graph_holds_the_training_transitions_only(planted):
+    """item_graph_weight: each item's neighbours are the items next to it in a training sequence
+    (counted, both directions, rows summing to one); validation and test targets add no edge."""
+    import numpy as np
+    import pandas as pd
+    from recbole.config import Config
+
+    config = Config(
+        model="InterestShiftCNN", dataset="planted", config_dict=planted_config(planted["root"], item_graph_weight=0.5)
+    )
+    model = InterestShiftCNN(config, planted["train"].dataset).eval()
+    dataset = planted["dataset"]
+    inter = pd.read_csv(planted["root"] / "planted" / "planted.inter", sep="\t")
+    inter.columns = [c.split(":")[0] for c in inter.columns]
+    inter = inter.sort_values(["user_id", "timestamp"], kind="stable")
+    train = inter[inter.groupby("user_id").cumcount(ascending=False) >= 2]  # leave the last two out
+    same_user = train["user_id"].values[1:] == train["user_id"].values[:-1]
+    ids = dataset.token2id(dataset.iid_field, train["item_id"].values)
+    src, dst = ids[:-1][same_user], ids[1:][same_user]
+    keep = src != dst
+    counts = np.zeros((model.n_items, model.n_items))
+    np.add.at(counts, (src[keep], dst[keep]), 1.0)
+    counts = counts + counts.T
+    rows = counts.sum(1, keepdims=True)
+    expected = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    assert np.allclose(model.item_graph.to_dense().numpy(), expected, atol=1e-6)
+    table = model.item_embedding.weight + 0.5 * torch.as_tensor(expected, dtype=torch.float32) @ model.item_embedding.weight
+    assert torch.allclose(model._item_representations(), table, atol=1e-5)
+    assert not any(key.startswith("item_graph") for key in model.state_dict())  # rebuilt from the data

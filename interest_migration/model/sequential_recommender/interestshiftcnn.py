@@ -11,7 +11,9 @@ explicitly instead of leaving it implicit in one big softmax:
   an item's representation, on the input and on the scoring side, can add embeddings of further
   item attributes (``item_feature_fields``: brand, leaf category, ...), which lets items with few
   interactions borrow from others of the same brand or kind (as feature-aware sequential models
-  such as FDSA and S3-Rec do);
+  such as FDSA and S3-Rec do); with ``item_graph_weight`` it also adds the mean vector of the
+  item's neighbours in the training data's transition graph (the items bought just before or
+  after it, as in GCE-GNN's global graph), which helps items with few interactions the same way;
 * three heads read the user state at the last real position:
 
   - ``p_shift``: probability that the next category differs from the current one (sigmoid);
@@ -24,6 +26,8 @@ explicitly instead of leaving it implicit in one big softmax:
     positions of the sequence summed per item, each occurrence scored by its recency, its
     behaviour type and its match with the user state.
 
+* an item's preference score is the dot product of the user state and the item's vector, or
+  their cosine over ``score_temperature`` (as in CORE), which overfits Amazon Beauty less;
 * items are scored from the predicted migration, mixed with the repeat mode:
 
   .. math::
@@ -43,6 +47,10 @@ Reference:
     in WSDM 2019 (NextItNet: causal dilated residual convolutions).
     Jiaxi Tang and Ke Wang. "Personalized Top-N Sequential Recommendation via Convolutional
     Sequence Embedding" in WSDM 2018 (Caser).
+    Ziyang Wang et al. "Global Context Enhanced Graph Neural Networks for Session-based
+    Recommendation" in SIGIR 2020 (GCE-GNN: a global item transition graph).
+    Yupeng Hou et al. "CORE: Simple and Effective Session-based Recommendation within Consistent
+    Representation Space" in SIGIR 2022 (cosine scores over a temperature).
     Pengjie Ren et al. "RepeatNet: A Repeat Aware Neural Recommendation Machine for
     Session-based Recommendation" in AAAI 2019 (repeat consumption).
 """
@@ -134,6 +142,8 @@ class InterestShiftCNN(SequentialRecommender):
         self.migration_top_k = config["migration_top_k"]
         self.repeat_mixture = bool(config["repeat_mixture"])
         self.item_feature_fields = list(config["item_feature_fields"] or [])
+        self.score_temperature = config["score_temperature"]
+        self.item_graph_weight = config["item_graph_weight"]
         self.loss_type = config["loss_type"]
         self._check_hyper_parameters()
 
@@ -158,6 +168,12 @@ class InterestShiftCNN(SequentialRecommender):
             item2token, n_tokens = self._item_tokens(dataset, field, "item_feature_fields")
             self.register_buffer(f"item2feature_{k}", item2token)
             self.feature_embeddings.append(nn.Embedding(n_tokens, self.embedding_size, padding_idx=0))
+        if self.item_graph_weight:
+            # not saved: it is rebuilt from the training data, as the model always is. Kept as
+            # dense index and weight vectors: DistributedDataParallel cannot broadcast sparse buffers
+            graph = self._transition_graph(dataset)
+            self.register_buffer("item_graph_indices", graph.indices(), persistent=False)
+            self.register_buffer("item_graph_weights", graph.values(), persistent=False)
         if self.use_category:
             item2cat, self.n_categories = self._item_tokens(dataset, self.CATEGORY_FIELD, "CATEGORY_FIELD")
             self.register_buffer("item2cat", item2cat)
@@ -226,6 +242,11 @@ class InterestShiftCNN(SequentialRecommender):
             raise ValueError(f"InterestShiftCNN: dilations must be a list of integers >= 1, got {self.dilations!r}")
         if not (isinstance(self.n_layers, int) and self.n_layers >= 1):
             raise ValueError(f"InterestShiftCNN: n_layers must be an integer >= 1, got {self.n_layers!r}")
+        if self.score_temperature is not None and not self.score_temperature > 0:
+            raise ValueError(
+                f"InterestShiftCNN: score_temperature must be a number > 0 (or ~ for the dot product), "
+                f"got {self.score_temperature!r}"
+            )
         if self.loss_type != "CE":
             raise ValueError(
                 f"InterestShiftCNN: loss_type={self.loss_type!r} is not supported; it is trained with the "
@@ -260,6 +281,30 @@ class InterestShiftCNN(SequentialRecommender):
         item2cat[item_feat[dataset.iid_field]] = categories.long()
         return item2cat, dataset.num(field)
 
+    def _transition_graph(self, dataset):
+        """Item graph of the training data's consecutive interactions, both directions, each row
+        normalised to sum to one (a sparse [n_items, n_items] tensor): an item's neighbours are
+        the items bought just before or after it. Built from the training split only (RecBole
+        gives a model its training dataset), so no validation or test transition is in it."""
+        feat = dataset.inter_feat
+        length = feat[self.ITEM_SEQ_LEN]
+        previous = feat[self.ITEM_SEQ].gather(1, (length - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+        target = feat[self.ITEM_ID]
+        keep = (length > 0) & (previous > 0) & (previous != target)
+        src = torch.cat([previous[keep], target[keep]])
+        dst = torch.cat([target[keep], previous[keep]])
+        size = (self.n_items, self.n_items)
+        graph = torch.sparse_coo_tensor(torch.stack([src, dst]), torch.ones(src.size(0)), size).coalesce()
+        degree = torch.zeros(self.n_items).index_add_(0, graph.indices()[0], graph.values())
+        values = graph.values() / degree[graph.indices()[0]]
+        return torch.sparse_coo_tensor(graph.indices(), values, size).coalesce()
+
+    @property
+    def item_graph(self):
+        """The transition graph as a sparse [n_items, n_items] tensor (see ``_transition_graph``)."""
+        size = (self.n_items, self.n_items)
+        return torch.sparse_coo_tensor(self.item_graph_indices, self.item_graph_weights, size, is_coalesced=True)
+
     def _init_weights(self, module):
         if isinstance(module, (nn.Embedding, nn.Linear, nn.Conv1d)):
             module.weight.data.normal_(mean=0.0, std=self.initializer_range)
@@ -287,7 +332,7 @@ class InterestShiftCNN(SequentialRecommender):
         Without gradients (evaluation, export, serving) the table is built once per version of the
         weights and reused: building it costs more than scoring one user against it.
         """
-        if not self.feature_embeddings:
+        if not self.feature_embeddings and not self.item_graph_weight:
             return self.item_embedding.weight
         if torch.is_grad_enabled():
             return self._build_item_representations()
@@ -301,6 +346,8 @@ class InterestShiftCNN(SequentialRecommender):
         vectors = self.item_embedding.weight
         for k, embedding in enumerate(self.feature_embeddings):
             vectors = vectors + embedding(getattr(self, f"item2feature_{k}"))
+        if self.item_graph_weight:
+            vectors = vectors + self.item_graph_weight * torch.sparse.mm(self.item_graph, vectors)
         return vectors
 
     def _embed_items(self, item_seq, item_table=None):
@@ -356,9 +403,14 @@ class InterestShiftCNN(SequentialRecommender):
         return scores.scatter_add(1, id_seq, bonus * (recency >= 0))
 
     def _item_scores(self, seq_output, item_table):
-        """Unnormalised item scores [B, n_items]: preference + bias."""
+        """Unnormalised item scores [B, n_items]: preference + bias. With ``score_temperature`` the
+        preference is the cosine of state and item vector over the temperature: vector norms then
+        cannot grow to fit rare items, and popularity is left to the bias."""
         # the padding item's mask rides on the bias, so that the matmul adds both in one pass
         bias = self.item_bias.index_fill(0, torch.zeros(1, dtype=torch.long, device=seq_output.device), _MASKED)
+        if self.score_temperature:
+            seq_output, item_table = F.normalize(seq_output, dim=-1), F.normalize(item_table, dim=-1)
+            return torch.addmm(bias, seq_output, item_table.t(), alpha=1.0 / self.score_temperature)
         return torch.addmm(bias, seq_output, item_table.t())
 
     def _migration(self, seq_output, item_seq, item_seq_len):
