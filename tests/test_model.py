@@ -423,3 +423,18 @@ def test_item_graph_holds_the_training_transitions_only(planted):
     table = model.item_embedding.weight + 0.5 * torch.as_tensor(expected, dtype=torch.float32) @ model.item_embedding.weight
     assert torch.allclose(model._item_representations(), table, atol=1e-5)
     assert not any(key.startswith("item_graph") for key in model.state_dict())  # rebuilt from the data
+
+
+def test_unit_item_vectors_are_reused_without_gradients_and_renewed_when_weights_change(planted):
+    model, batch = _model(planted), _batch(planted, n=8)
+    with torch.no_grad():
+        table = model._item_representations()
+        first = model._normalised(table)
+        assert model._normalised(model._item_representations()) is first  # reused
+        assert torch.allclose(first, torch.nn.functional.normalize(table, dim=-1))
+        before = model.full_sort_predict(batch)
+        model.item_embedding.weight.add_(torch.randn_like(model.item_embedding.weight))  # as an optimiser step
+        renewed = model._normalised(model._item_representations())
+        assert renewed is not first
+        assert torch.allclose(renewed, torch.nn.functional.normalize(model._item_representations(), dim=-1))
+        assert not torch.allclose(model.full_sort_predict(batch), before)

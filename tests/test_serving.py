@@ -194,7 +194,8 @@ def test_any_recbole_sequential_model_serves(served, model_name):
 
 def test_a_model_with_item_attributes_traces_its_item_table_as_a_constant(served):
     """With item_feature_fields the traced graph reads the item table built once, instead of
-    rebuilding it from the attribute embeddings on every call, and scores as the model does."""
+    rebuilding it from the attribute embeddings and the item graph, and normalising it, on every
+    call; and scores as the model does."""
     config, model, dataset, _ = _untrained(
         "InterestShiftCNN",
         served.data_root,
@@ -205,7 +206,9 @@ def test_a_model_with_item_attributes_traces_its_item_table_as_a_constant(served
     traced = OnlineRecommender(config, model, dataset)
     eager = OnlineRecommender(config, model, dataset, trace=False)
     assert traced.traced
-    assert "feature_embeddings" not in traced._scorer.graph.code
+    code = traced._scorer.graph.code
+    assert "feature_embeddings" not in code and "item_graph" not in code
+    assert code.count("linalg_vector_norm") == 1  # the user state's: the unit item vectors are a constant too
     for user in sorted(set(served.inter["user_id"].astype(str)))[:8]:
         a, b = traced.recommend(user, k=10), eager.recommend(user, k=10)
         assert a["items"] == b["items"]

@@ -336,11 +336,16 @@ class InterestShiftCNN(SequentialRecommender):
             return self.item_embedding.weight
         if torch.is_grad_enabled():
             return self._build_item_representations()
-        weights = (self.item_embedding.weight, *(embedding.weight for embedding in self.feature_embeddings))
-        key = tuple((w.data_ptr(), w._version) for w in weights)
+        key = self._weights_key()
         if getattr(self, "_item_table_key", None) != key:
             self._item_table, self._item_table_key = self._build_item_representations(), key
         return self._item_table
+
+    def _weights_key(self):
+        """Which version of the weights the item vectors come from (the parameters' versions count
+        in-place optimiser steps; tensors made under inference mode have no version)."""
+        weights = (self.item_embedding.weight, *(embedding.weight for embedding in self.feature_embeddings))
+        return tuple((w.data_ptr(), w._version) for w in weights)
 
     def _build_item_representations(self):
         vectors = self.item_embedding.weight
@@ -409,9 +414,20 @@ class InterestShiftCNN(SequentialRecommender):
         # the padding item's mask rides on the bias, so that the matmul adds both in one pass
         bias = self.item_bias.index_fill(0, torch.zeros(1, dtype=torch.long, device=seq_output.device), _MASKED)
         if self.score_temperature:
-            seq_output, item_table = F.normalize(seq_output, dim=-1), F.normalize(item_table, dim=-1)
+            seq_output, item_table = F.normalize(seq_output, dim=-1), self._normalised(item_table)
             return torch.addmm(bias, seq_output, item_table.t(), alpha=1.0 / self.score_temperature)
         return torch.addmm(bias, seq_output, item_table.t())
+
+    def _normalised(self, item_table):
+        """Unit-length item vectors; without gradients kept for as long as ``item_table`` is the same
+        tensor of the same weights: normalising the table costs far more than scoring one user."""
+        if torch.is_grad_enabled():
+            return F.normalize(item_table, dim=-1)
+        key = self._weights_key()
+        cache = getattr(self, "_normalised_table", None)  # (source, weights key, unit vectors)
+        if cache is None or cache[0] is not item_table or cache[1] != key:
+            cache = self._normalised_table = (item_table, key, F.normalize(item_table, dim=-1))
+        return cache[2]
 
     def _migration(self, seq_output, item_seq, item_seq_len):
         """(shift logit [B], log P(c) [B, C], masked q-logits [B, C], current category [B])."""
