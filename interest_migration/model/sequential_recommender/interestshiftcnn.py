@@ -327,7 +327,8 @@ class InterestShiftCNN(SequentialRecommender):
         return buckets.masked_fill(positions.unsqueeze(0) >= item_seq_len.unsqueeze(1), 0)
 
     def _item_representations(self):
-        """Every item's vector [n_items, D]: its own embedding plus its attributes' embeddings.
+        """Every item's vector [n_items, D]: its own embedding plus its attributes' embeddings, plus
+        ``item_graph_weight`` times the mean of those of its neighbours in the transition graph.
 
         Without gradients (evaluation, export, serving) the table is built once per version of the
         weights and reused: building it costs more than scoring one user against it.
@@ -336,16 +337,19 @@ class InterestShiftCNN(SequentialRecommender):
             return self.item_embedding.weight
         if torch.is_grad_enabled():
             return self._build_item_representations()
-        key = self._weights_key()
-        if getattr(self, "_item_table_key", None) != key:
-            self._item_table, self._item_table_key = self._build_item_representations(), key
-        return self._item_table
+        return self._per_weights("_item_table", None, self._build_item_representations)
 
-    def _weights_key(self):
-        """Which version of the weights the item vectors come from (the parameters' versions count
-        in-place optimiser steps; tensors made under inference mode have no version)."""
+    def _per_weights(self, name, source, build):
+        """``build()``, kept in ``self.<name>`` while the item weights stay the same version and
+        ``source`` (what it is built from, or None) the same tensor."""
         weights = (self.item_embedding.weight, *(embedding.weight for embedding in self.feature_embeddings))
-        return tuple((w.data_ptr(), w._version) for w in weights)
+        # parameters' versions count in-place optimiser steps (inference-mode tensors have none)
+        key = tuple((w.data_ptr(), w._version) for w in weights)
+        cache = getattr(self, name, None)  # (source, key, value)
+        if cache is None or cache[0] is not source or cache[1] != key:
+            cache = (source, key, build())
+            setattr(self, name, cache)
+        return cache[2]
 
     def _build_item_representations(self):
         vectors = self.item_embedding.weight
@@ -423,11 +427,7 @@ class InterestShiftCNN(SequentialRecommender):
         tensor of the same weights: normalising the table costs far more than scoring one user."""
         if torch.is_grad_enabled():
             return F.normalize(item_table, dim=-1)
-        key = self._weights_key()
-        cache = getattr(self, "_normalised_table", None)  # (source, weights key, unit vectors)
-        if cache is None or cache[0] is not item_table or cache[1] != key:
-            cache = self._normalised_table = (item_table, key, F.normalize(item_table, dim=-1))
-        return cache[2]
+        return self._per_weights("_unit_item_table", item_table, lambda: F.normalize(item_table, dim=-1))
 
     def _migration(self, seq_output, item_seq, item_seq_len):
         """(shift logit [B], log P(c) [B, C], masked q-logits [B, C], current category [B])."""
