@@ -171,9 +171,9 @@ class InterestShiftCNN(SequentialRecommender):
         if self.item_graph_weight:
             # not saved: it is rebuilt from the training data, as the model always is. Kept as
             # dense index and weight vectors: DistributedDataParallel cannot broadcast sparse buffers
-            graph = self._transition_graph(dataset)
-            self.register_buffer("item_graph_indices", graph.indices(), persistent=False)
-            self.register_buffer("item_graph_weights", graph.values(), persistent=False)
+            indices, weights = self._transition_graph(dataset)
+            self.register_buffer("item_graph_indices", indices, persistent=False)
+            self.register_buffer("item_graph_weights", weights, persistent=False)
         if self.use_category:
             item2cat, self.n_categories = self._item_tokens(dataset, self.CATEGORY_FIELD, "CATEGORY_FIELD")
             self.register_buffer("item2cat", item2cat)
@@ -283,8 +283,8 @@ class InterestShiftCNN(SequentialRecommender):
 
     def _transition_graph(self, dataset):
         """Item graph of the training data's consecutive interactions, both directions, each row
-        normalised to sum to one (a sparse [n_items, n_items] tensor): an item's neighbours are
-        the items bought just before or after it. Built from the training split only (RecBole
+        normalised to sum to one, as the (coalesced) indices [2, E] and weights [E] of a sparse
+        [n_items, n_items] tensor: an item's neighbours are the items bought just before or after it. Built from the training split only (RecBole
         gives a model its training dataset), so no validation or test transition is in it."""
         feat = dataset.inter_feat
         length = feat[self.ITEM_SEQ_LEN]
@@ -294,10 +294,10 @@ class InterestShiftCNN(SequentialRecommender):
         src = torch.cat([previous[keep], target[keep]])
         dst = torch.cat([target[keep], previous[keep]])
         size = (self.n_items, self.n_items)
-        graph = torch.sparse_coo_tensor(torch.stack([src, dst]), torch.ones(src.size(0)), size).coalesce()
-        degree = torch.zeros(self.n_items).index_add_(0, graph.indices()[0], graph.values())
-        values = graph.values() / degree[graph.indices()[0]]
-        return torch.sparse_coo_tensor(graph.indices(), values, size).coalesce()
+        counts = torch.sparse_coo_tensor(torch.stack([src, dst]), torch.ones(src.size(0)), size).coalesce()
+        indices, values = counts.indices(), counts.values()
+        degree = torch.zeros(self.n_items).index_add_(0, indices[0], values)
+        return indices, values / degree[indices[0]]
 
     @property
     def item_graph(self):
