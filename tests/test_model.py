@@ -18,12 +18,13 @@ def planted(tmp_path_factory):
     config = Config(model="InterestShiftCNN", dataset="planted", config_dict=planted_config(root))
     dataset = create_dataset(config)
     train, valid, test = data_preparation(config, dataset)
-    return {"root": root, "config": config, "dataset": dataset, "train": train, "test": test}
+    gated = Config(model="InterestShiftCNN", dataset="planted", config_dict=planted_config(root, migration_gate=True))
+    return {"root": root, "config": config, "gated": gated, "dataset": dataset, "train": train, "test": test}
 
 
-def _model(planted, seed=0):
+def _model(planted, seed=0, gate=False):
     torch.manual_seed(seed)
-    return InterestShiftCNN(planted["config"], planted["train"].dataset).eval()
+    return InterestShiftCNN(planted["gated" if gate else "config"], planted["train"].dataset).eval()
 
 
 def _batch(planted, n=32):
@@ -117,8 +118,9 @@ def test_padding_invariance(planted):
     assert torch.allclose(model(pad(seq), length, pad(behavior), pad(times)), model(seq, length, behavior, times), atol=1e-6)
 
 
-def test_full_sort_predict_equals_predict_on_every_item(planted):
-    model, batch = _model(planted), _batch(planted, n=4)
+@pytest.mark.parametrize("gate", [False, True])
+def test_full_sort_predict_equals_predict_on_every_item(planted, gate):
+    model, batch = _model(planted, gate=gate), _batch(planted, n=4)
     full = model.full_sort_predict(batch)
     n_items = full.size(1)
     repeated = batch.repeat_interleave(n_items)
@@ -126,8 +128,9 @@ def test_full_sort_predict_equals_predict_on_every_item(planted):
     assert torch.allclose(model.predict(repeated).view(len(batch), n_items), full, atol=1e-5)
 
 
-def test_mixture_item_probabilities_sum_to_one(planted):
-    model, batch = _model(planted), _batch(planted)
+@pytest.mark.parametrize("gate", [False, True])
+def test_mixture_item_probabilities_sum_to_one(planted, gate):
+    model, batch = _model(planted, gate=gate), _batch(planted)
     probs = model.full_sort_predict(batch).exp()
     assert torch.allclose(probs[:, 1:].sum(1), torch.ones(len(batch)), atol=1e-4)
     assert torch.all(probs[:, 0] < 1e-12)  # the padding item gets no mass
@@ -158,10 +161,11 @@ def test_spare_rows_of_training_batches_change_nothing(planted):
             assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("gate", [False, True])
 @pytest.mark.parametrize("repeat_bias, temperature", [(-2.0, None), (2.0, None), (2.0, 0.1)])
-def test_training_loss_is_the_full_mixture_likelihood_of_the_target(planted, repeat_bias, temperature):
+def test_training_loss_is_the_full_mixture_likelihood_of_the_target(planted, repeat_bias, temperature, gate):
     """calculate_loss takes a shortcut (the target only); it must equal the NLL of full_sort_predict."""
-    model, batch = _model(planted), _batch(planted)
+    model, batch = _model(planted, gate=gate), _batch(planted)
     model.score_temperature = temperature
     torch.nn.init.constant_(model.p_repeat_head.bias, repeat_bias)
     model.lambda_cat = model.lambda_shift = 0.0
@@ -170,9 +174,10 @@ def test_training_loss_is_the_full_mixture_likelihood_of_the_target(planted, rep
     assert torch.allclose(model.calculate_loss(batch), expected, atol=1e-5)
 
 
-def test_reported_migration_is_the_item_distribution_summed_by_category(planted):
+@pytest.mark.parametrize("gate", [False, True])
+def test_reported_migration_is_the_item_distribution_summed_by_category(planted, gate):
     """p_shift and the next categories are what the item probabilities imply, both modes included."""
-    model, batch = _model(planted), _batch(planted)
+    model, batch = _model(planted, gate=gate), _batch(planted)
     torch.nn.init.constant_(model.p_repeat_head.bias, 1.0)  # both modes carry weight
     probs = model.full_sort_predict(batch).exp()
     by_category = torch.zeros(len(batch), model.n_categories).scatter_add(
@@ -183,6 +188,45 @@ def test_reported_migration_is_the_item_distribution_summed_by_category(planted)
     assert torch.allclose(migration["p_shift"], 1 - stay, atol=1e-5)
     expected = by_category.gather(1, migration["top_categories"])
     assert torch.allclose(migration["top_category_probs"], expected, atol=1e-5)
+
+
+def _explore_only(model, gate_bias):
+    """The migration mode alone (no repeat mass), the gate pinned near alpha = sigmoid(gate_bias)."""
+    torch.nn.init.constant_(model.p_repeat_head.bias, -30.0)
+    torch.nn.init.zeros_(model.gate_head.weight)
+    torch.nn.init.constant_(model.gate_head.bias, gate_bias)
+    return model
+
+
+def test_gate_at_one_is_the_strict_category_factorisation(planted):
+    """alpha -> 1: the gated model scores items as the ungated one with the same weights."""
+    gated, strict, batch = _model(planted, gate=True), _model(planted), _batch(planted)
+    strict.load_state_dict({k: v for k, v in gated.state_dict().items() if not k.startswith("gate_head")})
+    _explore_only(gated, 30.0)
+    torch.nn.init.constant_(strict.p_repeat_head.bias, -30.0)
+    assert torch.allclose(gated.full_sort_predict(batch), strict.full_sort_predict(batch), atol=1e-4)
+
+
+def test_gate_at_zero_reweights_one_item_softmax_by_the_migration(planted):
+    """alpha -> 0: log P(i) = log_softmax(s(i) + log P_mig(c_i)) over all items."""
+    model, batch = _explore_only(_model(planted, gate=True), -30.0), _batch(planted)
+    item_table = model._item_representations()
+    item_seq, item_seq_len, state = model._encode(batch, item_table)
+    scores = model._item_scores(state, item_table)
+    model.migration_gate = False  # the migration head's own P(c), computed by the ungated code
+    log_p_mig = model._migration(state, item_seq, item_seq_len, scores).log_p_cat
+    model.migration_gate = True
+    expected = torch.log_softmax(scores + log_p_mig.gather(1, model.item2cat.expand_as(scores)), dim=1)
+    got = model.full_sort_predict(batch)
+    assert torch.allclose(got[:, 1:], expected[:, 1:], atol=1e-4)
+    # and the migration head still moves the scores: a different P_mig gives different ranks
+    assert not torch.allclose(got, torch.log_softmax(scores, dim=1), atol=1e-2)
+
+
+def test_gate_is_learned(planted):
+    model, batch = _model(planted, gate=True).train(), _batch(planted)
+    model.calculate_loss(batch).backward()
+    assert model.gate_head.weight.grad.abs().sum() > 0
 
 
 def _seen(model, batch, n_items):

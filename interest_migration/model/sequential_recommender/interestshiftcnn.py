@@ -35,7 +35,11 @@ explicitly instead of leaving it implicit in one big softmax:
       P(i) = p_{repeat}\, R(i) + (1 - p_{repeat})\, P(c_i)\, P(i \mid c_i), \qquad
       P(c) = (1 - p_{shift})\,[c = c_{last}] + p_{shift}\, q(c),
 
-  which is a proper distribution over items. The loss is the item negative log-likelihood plus
+  which is a proper distribution over items. With ``migration_gate`` a per-user gate
+  :math:`\alpha \in (0, 1)` lets the items' own score mass in each category count too,
+  :math:`P(c) \propto P_{mig}(c) \, (\sum_{i \in c} e^{s(i)})^{1 - \alpha}` with :math:`P_{mig}` the
+  stay-or-shift distribution above: :math:`\alpha = 1` is the strict factorisation, :math:`\alpha = 0`
+  one softmax over :math:`s(i) + \log P_{mig}(c_i)`. The loss is the item negative log-likelihood plus
   ``lambda_cat`` * category cross-entropy (on shifting steps) plus ``lambda_shift`` * binary
   cross-entropy of ``p_shift``. Without a category field the migration mode is a plain
   next-item softmax; ``repeat_mixture: False`` leaves the repeat mode out.
@@ -55,6 +59,8 @@ Reference:
     Session-based Recommendation" in AAAI 2019 (repeat consumption).
 """
 
+from typing import NamedTuple, Optional
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -63,6 +69,16 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import FeatureSource, FeatureType
 
 _MASKED = -1e9  # finite "minus infinity": keeps log-softmax free of NaN when a row is all masked
+
+
+class Migration(NamedTuple):
+    """The migration terms of one batch (``B`` users, ``C`` categories)."""
+
+    shift_logit: torch.Tensor  # [B] logit of p_shift from the shift head
+    log_p_cat: torch.Tensor  # [B, C] log P(next category) of the migration mode
+    q_logits: torch.Tensor  # [B, C] masked logits of q(c), the next category given a shift
+    current: torch.Tensor  # [B] category of the last item
+    category_lse: Optional[torch.Tensor] = None  # [B, C] log-sum-exp of item scores per category
 
 
 def _spare_rows(n):
@@ -144,6 +160,7 @@ class InterestShiftCNN(SequentialRecommender):
         self.item_feature_fields = list(config["item_feature_fields"] or [])
         self.score_temperature = config["score_temperature"]
         self.item_graph_weight = config["item_graph_weight"]
+        self.migration_gate = bool(config["migration_gate"])
         self.loss_type = config["loss_type"]
         self._check_hyper_parameters()
 
@@ -192,6 +209,8 @@ class InterestShiftCNN(SequentialRecommender):
             self.max_category_size = int(sizes.max())
             self.category_embedding = nn.Embedding(self.n_categories, self.embedding_size, padding_idx=0)
             self.shift_head = nn.Linear(self.embedding_size, 1)
+            if self.migration_gate:
+                self.gate_head = nn.Linear(self.embedding_size, 1)
             self.category_bias = nn.Parameter(torch.zeros(self.n_categories))
             self.category_repeat_head = nn.Linear(self.embedding_size, self.repeat_buckets)
         if self.use_behavior:
@@ -429,8 +448,9 @@ class InterestShiftCNN(SequentialRecommender):
             return F.normalize(item_table, dim=-1)
         return self._per_weights("_unit_item_table", item_table, lambda: F.normalize(item_table, dim=-1))
 
-    def _migration(self, seq_output, item_seq, item_seq_len):
-        """(shift logit [B], log P(c) [B, C], masked q-logits [B, C], current category [B])."""
+    def _migration(self, seq_output, item_seq, item_seq_len, scores):
+        """The migration mode's terms (:class:`Migration`). With ``migration_gate`` its P(c) also
+        weighs each category by the items' own score mass in it (see ``_gated_category``)."""
         current = self.item2cat[item_seq.gather(1, (item_seq_len - 1).unsqueeze(1)).squeeze(1)]
         shift_logit = self.shift_head(seq_output).squeeze(-1)
         # shoppers often migrate *back*: categories already in the sequence get a recency bonus
@@ -442,19 +462,35 @@ class InterestShiftCNN(SequentialRecommender):
         q_logits = q_logits.scatter(1, current.unsqueeze(1), _MASKED)  # q is *given a shift*
         log_p_cat = F.logsigmoid(shift_logit).unsqueeze(1) + F.log_softmax(q_logits, dim=1)
         log_p_cat = log_p_cat.scatter(1, current.unsqueeze(1), F.logsigmoid(-shift_logit).unsqueeze(1))
-        return shift_logit, log_p_cat, q_logits, current
+        migration = Migration(shift_logit, log_p_cat, q_logits, current)
+        return self._gated_category(seq_output, scores, migration) if self.migration_gate else migration
 
-    def _within_category_log_softmax(self, scores):
-        """log P(i | cat(i)) for every item, vectorised with scatter over categories."""
+    def _gated_category(self, seq_output, scores, migration):
+        """P(c) proportional to P_mig(c) * (sum of exp(s(i)) over the items of c) ** (1 - alpha).
+
+        With alpha = 1 the next category is the migration mode's alone (a strict P(c) P(i | c));
+        with alpha = 0 items are scored by one softmax over s(i) + log P_mig(c_i), so the
+        migration reweights the categories of a plain next-item softmax instead of replacing
+        their mass. alpha is a per-user gate in (0, 1): how far to trust the category
+        structure for this shopper, who may stay loyal to a category (Taobao) or mostly leave it
+        (55 % of consecutive Amazon Beauty reviews change category).
+        """
+        category_lse = self._category_logsumexp(scores)
+        alpha = torch.sigmoid(self.gate_head(seq_output))  # [B, 1]
+        logits = (migration.log_p_cat + (1 - alpha) * category_lse).masked_fill(~self.category_has_items, _MASKED)
+        return migration._replace(log_p_cat=F.log_softmax(logits, dim=1), category_lse=category_lse)
+
+    def _category_logsumexp(self, scores):
+        """log of the sum of exp(scores) over each category's items [B, C], vectorised with
+        scatter; an empty category gets the log of the smallest float (about -87)."""
         index = self.item2cat.unsqueeze(0).expand_as(scores)
         cat_max = torch.full(
             (scores.size(0), self.n_categories), float("-inf"), device=scores.device, dtype=scores.dtype
         ).scatter_reduce(1, index, scores, reduce="amax")
         # empty categories keep -inf; no item reads them. The max only stabilises exp().
         cat_max = torch.where(torch.isfinite(cat_max), cat_max, torch.zeros_like(cat_max)).detach()
-        shifted = scores - cat_max.gather(1, index)
-        cat_sum = torch.zeros_like(cat_max).scatter_add(1, index, shifted.exp())
-        return shifted - cat_sum.clamp(min=torch.finfo(scores.dtype).tiny).log().gather(1, index)
+        cat_sum = torch.zeros_like(cat_max).scatter_add(1, index, (scores - cat_max.gather(1, index)).exp())
+        return cat_sum.clamp(min=torch.finfo(scores.dtype).tiny).log() + cat_max
 
     def _repeat_mode(self, seq_output, item_seq, item_seq_len, behavior_seq, item_table):
         """(log p_repeat [B], log(1 - p_repeat) [B], log softmax over positions [B, L]).
@@ -480,7 +516,7 @@ class InterestShiftCNN(SequentialRecommender):
         item_table = self._item_representations()
         item_seq, item_seq_len, seq_output = self._encode(interaction, item_table)
         scores = self._item_scores(seq_output, item_table)
-        migration = self._migration(seq_output, item_seq, item_seq_len) if self.use_category else None
+        migration = self._migration(seq_output, item_seq, item_seq_len, scores) if self.use_category else None
         repeat = None
         if self.repeat_mixture:
             behavior_seq = interaction[self.BEHAVIOR_SEQ] if self.use_behavior else None
@@ -492,9 +528,12 @@ class InterestShiftCNN(SequentialRecommender):
         item_seq, scores, migration, repeat = self._outputs(interaction)
         if migration is None:
             log_probs = F.log_softmax(scores, dim=1)
-        else:
-            log_probs = migration[1].gather(1, self.item2cat.unsqueeze(0).expand_as(scores))
-            log_probs = log_probs + self._within_category_log_softmax(scores)
+        else:  # log P(c_i) + log P(i | c_i)
+            category_lse = migration.category_lse
+            if category_lse is None:
+                category_lse = self._category_logsumexp(scores)
+            index = self.item2cat.unsqueeze(0).expand_as(scores)
+            log_probs = (migration.log_p_cat - category_lse).gather(1, index) + scores
         if repeat is None:
             return log_probs, migration
         log_repeat, log_explore, log_position = repeat
@@ -507,11 +546,11 @@ class InterestShiftCNN(SequentialRecommender):
         log_probs = (log_explore.unsqueeze(1) + log_probs).scatter(1, item_seq, mixed_at)
         log_probs = log_probs.index_fill(1, torch.zeros(1, dtype=torch.long, device=log_probs.device), _MASKED)
         if migration is not None:  # the next category under both modes, for predict_migration
-            shift_logit, log_p_cat, q_logits, current = migration
+            log_p_cat = migration.log_p_cat
             repeat_cat = torch.zeros_like(log_p_cat).scatter_add(1, self.item2cat[item_seq], log_position.exp())
             log_repeat_cat = torch.where(repeat_cat > 0, repeat_cat.clamp(min=1e-30).log(), _MASKED)
             log_p_cat = torch.logaddexp(log_repeat.unsqueeze(1) + log_repeat_cat, log_explore.unsqueeze(1) + log_p_cat)
-            migration = (shift_logit, log_p_cat, q_logits, current)
+            migration = migration._replace(log_p_cat=log_p_cat)
         return log_probs, migration
 
     def _log_prob_in_category(self, scores, items, category):
@@ -532,11 +571,14 @@ class InterestShiftCNN(SequentialRecommender):
         item_seq, scores, migration, repeat = self._outputs(interaction)
         if migration is None:
             log_p = -F.cross_entropy(scores, pos_items, reduction="none")
-        else:
-            target_cat = self.item2cat[pos_items]
-            log_p = migration[1].gather(1, target_cat.unsqueeze(1)).squeeze(1) + self._log_prob_in_category(
-                scores, pos_items, target_cat
-            )
+        else:  # log P(c) + log P(i | c) of the target
+            target_cat = self.item2cat[pos_items].unsqueeze(1)
+            log_p = migration.log_p_cat.gather(1, target_cat).squeeze(1)
+            if migration.category_lse is None:  # only the target's category is needed
+                log_p = log_p + self._log_prob_in_category(scores, pos_items, target_cat.squeeze(1))
+            else:
+                log_p = log_p + scores.gather(1, pos_items.unsqueeze(1)).squeeze(1)
+                log_p = log_p - migration.category_lse.gather(1, target_cat).squeeze(1)
         if repeat is not None:
             log_repeat, log_explore, log_position = repeat
             log_repeat_target = log_position.masked_fill(item_seq != pos_items.unsqueeze(1), _MASKED).logsumexp(1)
@@ -544,7 +586,8 @@ class InterestShiftCNN(SequentialRecommender):
         loss = -log_p.mean()
         if migration is None:
             return loss
-        shift_logit, _, q_logits, current = migration
+        shift_logit, _, q_logits, current, _ = migration
+        target_cat = target_cat.squeeze(1)
         shifted = (target_cat != current).float()
         shift_loss = F.binary_cross_entropy_with_logits(shift_logit, shifted)
         cat_loss = (F.cross_entropy(q_logits, target_cat, reduction="none") * shifted).sum()
@@ -560,7 +603,7 @@ class InterestShiftCNN(SequentialRecommender):
         return log_probs
 
     def _summarise_migration(self, migration, k):
-        _, log_p_cat, _, current = migration
+        log_p_cat, current = migration.log_p_cat, migration.current
         k = min(k or self.migration_top_k, int(self.category_has_items.sum()))
         top = log_p_cat.topk(k, dim=1)
         stay = log_p_cat.gather(1, current.unsqueeze(1)).squeeze(1)
