@@ -572,13 +572,13 @@ class InterestShiftCNN(SequentialRecommender):
         if migration is None:
             log_p = -F.cross_entropy(scores, pos_items, reduction="none")
         else:  # log P(c) + log P(i | c) of the target
-            target_cat = self.item2cat[pos_items].unsqueeze(1)
-            log_p = migration.log_p_cat.gather(1, target_cat).squeeze(1)
+            target_cat = self.item2cat[pos_items]
+            log_p = migration.log_p_cat.gather(1, target_cat.unsqueeze(1)).squeeze(1)
             if migration.category_lse is None:  # only the target's category is needed
-                log_p = log_p + self._log_prob_in_category(scores, pos_items, target_cat.squeeze(1))
+                log_p = log_p + self._log_prob_in_category(scores, pos_items, target_cat)
             else:
-                log_p = log_p + scores.gather(1, pos_items.unsqueeze(1)).squeeze(1)
-                log_p = log_p - migration.category_lse.gather(1, target_cat).squeeze(1)
+                target_score = scores.gather(1, pos_items.unsqueeze(1)).squeeze(1)
+                log_p = log_p + target_score - migration.category_lse.gather(1, target_cat.unsqueeze(1)).squeeze(1)
         if repeat is not None:
             log_repeat, log_explore, log_position = repeat
             log_repeat_target = log_position.masked_fill(item_seq != pos_items.unsqueeze(1), _MASKED).logsumexp(1)
@@ -586,11 +586,9 @@ class InterestShiftCNN(SequentialRecommender):
         loss = -log_p.mean()
         if migration is None:
             return loss
-        shift_logit, _, q_logits, current, _ = migration
-        target_cat = target_cat.squeeze(1)
-        shifted = (target_cat != current).float()
-        shift_loss = F.binary_cross_entropy_with_logits(shift_logit, shifted)
-        cat_loss = (F.cross_entropy(q_logits, target_cat, reduction="none") * shifted).sum()
+        shifted = (target_cat != migration.current).float()
+        shift_loss = F.binary_cross_entropy_with_logits(migration.shift_logit, shifted)
+        cat_loss = (F.cross_entropy(migration.q_logits, target_cat, reduction="none") * shifted).sum()
         cat_loss = cat_loss / shifted.sum().clamp(min=1.0)
         return loss + self.lambda_cat * cat_loss + self.lambda_shift * shift_loss
 
