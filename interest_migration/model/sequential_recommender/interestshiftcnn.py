@@ -303,8 +303,9 @@ class InterestShiftCNN(SequentialRecommender):
     def _transition_graph(self, dataset):
         """Item graph of the training data's consecutive interactions, both directions, each row
         normalised to sum to one, as the (coalesced) indices [2, E] and weights [E] of a sparse
-        [n_items, n_items] tensor: an item's neighbours are the items bought just before or after it. Built from the training split only (RecBole
-        gives a model its training dataset), so no validation or test transition is in it."""
+        [n_items, n_items] tensor: an item's neighbours are the items bought just before or after
+        it. Built from the training split only (RecBole gives a model its training dataset), so no
+        validation or test transition is in it."""
         feat = dataset.inter_feat
         length = feat[self.ITEM_SEQ_LEN]
         previous = feat[self.ITEM_SEQ].gather(1, (length - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
