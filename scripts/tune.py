@@ -7,7 +7,9 @@ its search space ``recbole_configs/hyper/<model>.hyper`` (RecBole's params-file 
 trial is a full ``run_model`` on the protocol's data, with the YAML files ``compare`` uses for that
 protocol (``datasets/<dataset>-<protocol>.yaml`` included), selected on validation NDCG@10; the test
 metrics of every trial are kept so nothing is cherry-picked. Writes
-``results/<dataset>/tuning/<protocol>-<model>.json`` and prints one table per model.
+``results/<dataset>/tuning/<protocol>-<model>.json`` after every trial and prints one table per
+model. Resumable: the seeded search draws the same points again, and a point whose trial is already
+in that file (same search space, epochs and config files) is read back instead of trained.
 """
 import argparse
 import json
@@ -51,33 +53,64 @@ def main(argv=None) -> int:
     data = prepare_dataset(args.dataset, protocol, args.data_path, Path(args.out) / args.dataset / "main" / "data")
     for model in args.models:
         space = Path(args.config_dir) / "hyper" / f"{model}.hyper"
+        files = config_files_for(model, args.dataset, args.config_dir, args.protocol)
+        report_path = out / f"{args.protocol}-{model}.json"
+        header = {"dataset": args.dataset, "protocol": args.protocol, "model": model, "space": space.read_text(),
+                  "max_evals": args.max_evals, "max_epochs": args.max_epochs,
+                  "search": "random (hyperopt), seed " + str(args.seed), "config_files": files}
+        done = _finished_trials(report_path, header)
         trials = []
 
-        def objective(config_dict, config_file_list, model=model):
-            config = {**protocol.config(), "data_path": data["data_path"], **config_dict}
-            if args.max_epochs:
-                config["epochs"] = args.max_epochs
-            record = run_model(model, data["dataset"], config_file_list, config)
-            trials.append({"params": dict(config_dict), "best_valid": record.best_valid, "test": record.test,
-                           "epochs": record.epochs, "seconds_per_epoch": record.seconds_per_epoch})
-            return {"model": model, "best_valid_score": record.best_valid["ndcg@10"], "valid_score_bigger": True,
-                    "best_valid_result": record.best_valid, "test_result": record.test}
+        def objective(config_dict, config_file_list, model=model, header=header, report_path=report_path,
+                      done=done, trials=trials):
+            params = dict(config_dict)
+            earlier = done.get(_key(params))
+            trial = earlier.pop(0) if earlier else None
+            if trial is None:
+                config = {**protocol.config(), "data_path": data["data_path"], **config_dict}
+                if args.max_epochs:
+                    config["epochs"] = args.max_epochs
+                record = run_model(model, data["dataset"], config_file_list, config)
+                trial = {"params": params, "best_valid": record.best_valid, "test": record.test,
+                         "epochs": record.epochs, "seconds_per_epoch": record.seconds_per_epoch}
+            else:
+                print(f"  reusing the finished trial {params} from {report_path}")
+            trials.append(trial)
+            best = max(trials, key=lambda t: t["best_valid"]["ndcg@10"])
+            atomic_write_text(report_path, json.dumps({**header, "best": best, "trials": trials}, indent=2,
+                                                      default=float))
+            return {"model": model, "best_valid_score": trial["best_valid"]["ndcg@10"], "valid_score_bigger": True,
+                    "best_valid_result": trial["best_valid"], "test_result": trial["test"]}
 
-        files = config_files_for(model, args.dataset, args.config_dir, args.protocol)
         tuner = HyperTuning(objective, params_file=str(space), algo="random", max_evals=args.max_evals,
                             fixed_config_file_list=files)
         tuner.run()
         best = max(trials, key=lambda t: t["best_valid"]["ndcg@10"])
-        atomic_write_text(out / f"{args.protocol}-{model}.json", json.dumps(
-            {"dataset": args.dataset, "protocol": args.protocol, "model": model, "space": space.read_text(),
-             "max_evals": args.max_evals, "search": "random (hyperopt), seed " + str(args.seed), "config_files": files,
-             "best": best, "trials": trials}, indent=2, default=float))
         print(f"\n{model} ({args.protocol}, {len(trials)} trials): best valid NDCG@10 "
               f"{best['best_valid']['ndcg@10']:.4f} with {best['params']} -> test NDCG@10 {best['test']['ndcg@10']:.4f}")
         for t in trials:
             print(f"  {t['params']}: valid {t['best_valid']['ndcg@10']:.4f}, test {t['test']['ndcg@10']:.4f}, "
                   f"{t['epochs']} epochs")
     return 0
+
+
+def _key(params: dict) -> str:
+    return json.dumps(params, sort_keys=True, default=float)
+
+
+def _finished_trials(report_path: Path, header: dict) -> dict[str, list]:
+    """Trials of an earlier run of the same search, by point; those of a different search are not reused."""
+    if not report_path.exists():
+        return {}
+    report = json.loads(report_path.read_text())
+    same = all(report.get(k) == v for k, v in header.items() if k != "max_evals")
+    if not same:
+        print(f"  {report_path} holds a different search; its trials are not reused")
+        return {}
+    done = {}
+    for trial in report.get("trials", []):
+        done.setdefault(_key(trial["params"]), []).append(trial)
+    return done
 
 
 if __name__ == "__main__":

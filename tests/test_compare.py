@@ -213,7 +213,7 @@ def test_a_run_ends_when_the_comparison_that_started_it_is_killed(tmp_path):
 
 def test_tuning_script_runs_recbole_hypertuning_with_a_fixed_budget(tmp_path):
     """scripts/tune.py in a fresh process (as a user runs it): every trial is kept, the best is
-    the one with the best validation score."""
+    the one with the best validation score, and a second run resumes without training."""
     import os
     import subprocess
     import sys
@@ -222,14 +222,16 @@ def test_tuning_script_runs_recbole_hypertuning_with_a_fixed_budget(tmp_path):
     cfg = _config_dir(tmp_path)
     (cfg / "hyper").mkdir()
     (cfg / "hyper" / "InterestShiftCNN.hyper").write_text("learning_rate choice [0.001,0.005]\n")
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "tune.py"), "--dataset", "planted", "--protocol", "novel",
-         "--models", "InterestShiftCNN", "--max-evals", "2", "--max-epochs", "1", "--config-dir", str(cfg),
-         "--data-path", str(tmp_path / "datasets"), "--out", str(tmp_path / "results")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    cmd = [sys.executable, str(REPO / "scripts" / "tune.py"), "--dataset", "planted", "--protocol", "novel",
+           "--models", "InterestShiftCNN", "--max-evals", "2", "--max-epochs", "1", "--config-dir", str(cfg),
+           "--data-path", str(tmp_path / "datasets"), "--out", str(tmp_path / "results")]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((tmp_path / "results" / "planted" / "tuning" / "novel-InterestShiftCNN.json").read_text())
+    assert "reusing the finished trial" not in proc.stdout
+    assert "epoch 0 training" in proc.stdout + proc.stderr
+    report_path = tmp_path / "results" / "planted" / "tuning" / "novel-InterestShiftCNN.json"
+    report = json.loads(report_path.read_text())
     assert report["max_evals"] == 2 and len(report["trials"]) == 2
     # the trials read the YAML files compare reads under this protocol
     assert [Path(f).name for f in report["config_files"]] == [
@@ -237,3 +239,10 @@ def test_tuning_script_runs_recbole_hypertuning_with_a_fixed_budget(tmp_path):
     assert {t["params"]["learning_rate"] for t in report["trials"]} <= {0.001, 0.005}
     assert report["best"] == max(report["trials"], key=lambda t: t["best_valid"]["ndcg@10"])
     assert all("ndcg@10" in t["test"] for t in report["trials"])
+
+    # run again: the seeded search draws the same points and reads their trials back, training none
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("reusing the finished trial") == 2
+    assert "epoch 0 training" not in again.stdout + again.stderr
+    assert json.loads(report_path.read_text())["trials"] == report["trials"]
