@@ -12,7 +12,9 @@ all override them as they would a built-in model's.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -32,6 +34,20 @@ def default_config_file(model: str) -> Path | None:
     """The plugin's YAML of defaults for ``model``, or None for RecBole's own models."""
     path = PROPERTIES_DIR / f"{model}.yaml"
     return path if model in PLUGIN_MODELS and path.is_file() else None
+
+
+def model_code_version(model: str) -> str:
+    """Which code a run of ``model`` trains: for a plugin model a digest of its module and default
+    YAML (so a stored result is not reused after either changes), for any other the RecBole version."""
+    if model not in PLUGIN_MODELS:
+        from recbole import __version__
+
+        return f"recbole {__version__}"
+    digest = hashlib.sha256(Path(importlib.util.find_spec(PLUGIN_MODELS[model][1]).origin).read_bytes())
+    defaults = default_config_file(model)
+    if defaults is not None:
+        digest.update(defaults.read_bytes())
+    return f"interest_migration {digest.hexdigest()[:16]}"
 
 
 def _load_plugin_model_defaults() -> None:

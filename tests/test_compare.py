@@ -246,3 +246,37 @@ def test_tuning_script_runs_recbole_hypertuning_with_a_fixed_budget(tmp_path):
     assert again.stdout.count("reusing the finished trial") == 2
     assert "epoch 0 training" not in again.stdout + again.stderr
     assert json.loads(report_path.read_text())["trials"] == report["trials"]
+
+
+def test_a_stored_run_is_not_reused_after_its_model_code_changes(tmp_path, monkeypatch):
+    """The resume fingerprint covers a plugin model's module and default YAML, and RecBole's
+    version for a built-in: a release that changes the model reruns it instead of reusing it."""
+    from interest_migration import registry
+    from interest_migration.benchmark.runner import RunSpec
+
+    (tmp_path / "toy_plugin_model.py").write_text("WIDTH = 1\n")
+    (tmp_path / "props").mkdir()
+    (tmp_path / "props" / "Toy.yaml").write_text("width: 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(registry.PLUGIN_MODELS, "Toy", ("sequential_recommender", "toy_plugin_model"))
+    monkeypatch.setattr(registry, "PROPERTIES_DIR", tmp_path / "props")
+    config = tmp_path / "Toy.yaml"
+    config.write_text("learning_rate: 0.001\n")
+
+    def fingerprint(model="Toy"):
+        return RunSpec(label=model, model=model, protocol="novel", seed=1, dataset="d",
+                       config_files=[str(config)]).fingerprint()
+
+    first = fingerprint()
+    assert fingerprint() == first
+    (tmp_path / "toy_plugin_model.py").write_text("WIDTH = 2\n")
+    second = fingerprint()
+    assert second != first
+    (tmp_path / "props" / "Toy.yaml").write_text("width: 2\n")
+    assert fingerprint() not in (first, second)
+
+    import recbole
+
+    sasrec = fingerprint("SASRec")
+    monkeypatch.setattr(recbole, "__version__", "0.0.0")
+    assert fingerprint("SASRec") != sasrec

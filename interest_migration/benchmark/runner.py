@@ -4,8 +4,8 @@ Each run is a child ``python -m interest_migration.benchmark.runner SPEC``: a cr
 kill or a time-out ends that run only, and the peak RSS it reports is its own. The child calls
 :func:`interest_migration.experiment.run_model` (RecBole's ``run_recbole``, timed) and writes
 ``<key>.json`` (status, metrics, cost) and ``<key>.users.csv`` (per-user test metrics)
-atomically. A run whose JSON has the same fingerprint (model, data, config files and
-overrides) is reused instead of run again; a failed one too, unless failures are to be retried,
+atomically. A run whose JSON has the same fingerprint (model and the version of its code,
+data, config files and overrides) is reused instead of run again; a failed one too, unless failures are to be retried,
 since the same inputs fail the same way (a changed YAML changes the fingerprint).
 """
 from __future__ import annotations
@@ -50,7 +50,10 @@ class RunSpec:
     def fingerprint(self) -> str:
         """What decides the result: reruns happen when any of it changes."""
         digest = hashlib.sha256()
-        payload = {"model": self.model, "dataset": self.dataset, "config_dict": self.config_dict, "seed": self.seed}
+        from interest_migration.registry import model_code_version
+
+        payload = {"model": self.model, "code": model_code_version(self.model), "dataset": self.dataset,
+                   "config_dict": self.config_dict, "seed": self.seed}
         digest.update(json.dumps(payload, sort_keys=True, default=str).encode())
         for path in self.config_files:
             digest.update(Path(path).read_bytes())
