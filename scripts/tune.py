@@ -8,7 +8,8 @@ trial is a full ``run_model`` on the protocol's data, with the YAML files ``comp
 protocol (``datasets/<dataset>-<protocol>.yaml`` included), selected on validation NDCG@10; the test
 metrics of every trial are kept so nothing is cherry-picked. Writes
 ``results/<dataset>/tuning/<protocol>-<model>.json`` after every trial and prints one table per
-model. Resumable: the seeded search draws the same points again, and a point whose trial is already
+model. A point the random search draws again counts as a trial but is not retrained (the runs are
+seeded, so the result would be the same). Resumable: the seeded search draws the same points again, and a point whose trial is already
 in that file (same search space, epochs and config files) is read back instead of trained.
 """
 import argparse
@@ -64,17 +65,24 @@ def main(argv=None) -> int:
         def objective(config_dict, config_file_list, model=model, header=header, report_path=report_path,
                       done=done, trials=trials):
             params = dict(config_dict)
-            earlier = done.get(_key(params))
+            key = _key(params)
+            earlier = done.get(key)
             trial = earlier.pop(0) if earlier else None
-            if trial is None:
+            drawn_before = next((t for t in trials if _key(t["params"]) == key), None)
+            if trial is not None:
+                print(f"  reusing the finished trial {params} from {report_path}")
+            elif drawn_before is not None:
+                # random search over `choice` spaces draws with replacement; a seeded run gives the
+                # same result again, so the repeat costs a trial of the budget but no training
+                print(f"  the search drew {params} again; its result is repeated, not retrained")
+                trial = {**drawn_before, "repeat": True}
+            else:
                 config = {**protocol.config(), "data_path": data["data_path"], **config_dict}
                 if args.max_epochs:
                     config["epochs"] = args.max_epochs
                 record = run_model(model, data["dataset"], config_file_list, config)
                 trial = {"params": params, "best_valid": record.best_valid, "test": record.test,
                          "epochs": record.epochs, "seconds_per_epoch": record.seconds_per_epoch}
-            else:
-                print(f"  reusing the finished trial {params} from {report_path}")
             trials.append(trial)
             best = max(trials, key=lambda t: t["best_valid"]["ndcg@10"])
             atomic_write_text(report_path, json.dumps({**header, "best": best, "trials": trials}, indent=2,
@@ -86,7 +94,8 @@ def main(argv=None) -> int:
                             fixed_config_file_list=files)
         tuner.run()
         best = max(trials, key=lambda t: t["best_valid"]["ndcg@10"])
-        print(f"\n{model} ({args.protocol}, {len(trials)} trials): best valid NDCG@10 "
+        distinct = len({_key(t["params"]) for t in trials})
+        print(f"\n{model} ({args.protocol}, {len(trials)} trials, {distinct} distinct points): best valid NDCG@10 "
               f"{best['best_valid']['ndcg@10']:.4f} with {best['params']} -> test NDCG@10 {best['test']['ndcg@10']:.4f}")
         for t in trials:
             print(f"  {t['params']}: valid {t['best_valid']['ndcg@10']:.4f}, test {t['test']['ndcg@10']:.4f}, "

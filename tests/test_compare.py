@@ -248,6 +248,29 @@ def test_tuning_script_runs_recbole_hypertuning_with_a_fixed_budget(tmp_path):
     assert json.loads(report_path.read_text())["trials"] == report["trials"]
 
 
+def test_tuning_does_not_retrain_a_point_the_search_draws_again(tmp_path):
+    """A one-point space with a budget of two: the second draw repeats the first trial's result."""
+    import os
+    import subprocess
+    import sys
+
+    write_planted_dataset(tmp_path / "datasets", n_users=N_USERS)
+    cfg = _config_dir(tmp_path)
+    (cfg / "hyper").mkdir()
+    (cfg / "hyper" / "InterestShiftCNN.hyper").write_text("learning_rate choice [0.005]\n")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "tune.py"), "--dataset", "planted", "--protocol", "novel",
+         "--models", "InterestShiftCNN", "--max-evals", "2", "--max-epochs", "1", "--config-dir", str(cfg),
+         "--data-path", str(tmp_path / "datasets"), "--out", str(tmp_path / "results")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.stdout + proc.stderr).count("epoch 0 training") == 1
+    assert "2 trials, 1 distinct points" in proc.stdout
+    trials = json.loads((tmp_path / "results" / "planted" / "tuning" / "novel-InterestShiftCNN.json").read_text())["trials"]
+    assert [t.get("repeat", False) for t in trials] == [False, True]
+    assert trials[1]["best_valid"] == trials[0]["best_valid"] and trials[1]["test"] == trials[0]["test"]
+
+
 def test_a_stored_run_is_not_reused_after_its_model_code_changes(tmp_path, monkeypatch):
     """The resume fingerprint covers a plugin model's module and default YAML, and RecBole's
     version for a built-in: a release that changes the model reruns it instead of reusing it."""
