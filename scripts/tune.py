@@ -10,7 +10,7 @@ metrics of every trial are kept so nothing is cherry-picked. Writes
 ``results/<dataset>/tuning/<protocol>-<model>.json`` after every trial and prints one table per
 model. A point the random search draws again counts as a trial but is not retrained (the runs are
 seeded, so the result would be the same). Resumable: the seeded search draws the same points again, and a point whose trial is already
-in that file (same search space, epochs and config files) is read back instead of trained.
+in that file (same search space, epochs, config files and model code) is read back instead of trained.
 """
 import argparse
 import json
@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     from interest_migration.benchmark.protocols import get_protocol, prepare_dataset
     from interest_migration.configs import config_files_for
     from interest_migration.experiment import run_model
+    from interest_migration.registry import model_code_version
     from interest_migration.utils.io import atomic_write_text
 
     torch.set_num_threads(max(args.threads, 1))
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
         files = config_files_for(model, args.dataset, args.config_dir, args.protocol)
         report_path = out / f"{args.protocol}-{model}.json"
         header = {"dataset": args.dataset, "protocol": args.protocol, "model": model, "space": space.read_text(),
-                  "max_evals": args.max_evals, "max_epochs": args.max_epochs,
+                  "code": model_code_version(model), "max_evals": args.max_evals, "max_epochs": args.max_epochs,
                   "search": "random (hyperopt), seed " + str(args.seed), "config_files": files}
         done = _finished_trials(report_path, header)
         trials = []
