@@ -211,26 +211,32 @@ def test_a_run_ends_when_the_comparison_that_started_it_is_killed(tmp_path):
         pytest.fail("the run outlived the comparison that started it")
 
 
-def test_tuning_script_runs_recbole_hypertuning_with_a_fixed_budget(tmp_path):
-    """scripts/tune.py in a fresh process (as a user runs it): every trial is kept, the best is
-    the one with the best validation score, and a second run resumes without training."""
+def _run_tuning(tmp_path: Path, space: str):
+    """scripts/tune.py in a fresh process (as a user runs it) over one InterestShiftCNN search space,
+    two trials of one epoch; returns the command, its environment, the finished process and the report path."""
     import os
     import subprocess
     import sys
 
-    write_planted_dataset(tmp_path / "datasets", n_users=N_USERS)
-    cfg = _config_dir(tmp_path)
-    (cfg / "hyper").mkdir()
-    (cfg / "hyper" / "InterestShiftCNN.hyper").write_text("learning_rate choice [0.001,0.005]\n")
+    if not (tmp_path / "datasets").exists():
+        write_planted_dataset(tmp_path / "datasets", n_users=N_USERS)
+        (_config_dir(tmp_path) / "hyper").mkdir()
+    (tmp_path / "cfg" / "hyper" / "InterestShiftCNN.hyper").write_text(space)
     cmd = [sys.executable, str(REPO / "scripts" / "tune.py"), "--dataset", "planted", "--protocol", "novel",
-           "--models", "InterestShiftCNN", "--max-evals", "2", "--max-epochs", "1", "--config-dir", str(cfg),
-           "--data-path", str(tmp_path / "datasets"), "--out", str(tmp_path / "results")]
+           "--models", "InterestShiftCNN", "--max-evals", "2", "--max-epochs", "1", "--config-dir",
+           str(tmp_path / "cfg"), "--data-path", str(tmp_path / "datasets"), "--out", str(tmp_path / "results")]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, tmp_path / "results" / "planted" / "tuning" / "novel-InterestShiftCNN.json"
+
+
+def test_tuning_script_runs_recbole_hypertuning_with_a_fixed_budget(tmp_path):
+    """Every trial is kept, the best is the one with the best validation score, and a second run
+    resumes without training."""
+    proc, report_path = _run_tuning(tmp_path, "learning_rate choice [0.001,0.005]\n")
     assert "reusing the finished trial" not in proc.stdout
     assert "epoch 0 training" in proc.stdout + proc.stderr
-    report_path = tmp_path / "results" / "planted" / "tuning" / "novel-InterestShiftCNN.json"
     report = json.loads(report_path.read_text())
     assert report["max_evals"] == 2 and len(report["trials"]) == 2
     # the trials read the YAML files compare reads under this protocol
@@ -241,8 +247,7 @@ def test_tuning_script_runs_recbole_hypertuning_with_a_fixed_budget(tmp_path):
     assert all("ndcg@10" in t["test"] for t in report["trials"])
 
     # run again: the seeded search draws the same points and reads their trials back, training none
-    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
-    assert again.returncode == 0, again.stderr[-3000:]
+    again, _ = _run_tuning(tmp_path, "learning_rate choice [0.001,0.005]\n")
     assert again.stdout.count("reusing the finished trial") == 2
     assert "epoch 0 training" not in again.stdout + again.stderr
     assert json.loads(report_path.read_text())["trials"] == report["trials"]
@@ -250,23 +255,10 @@ def test_tuning_script_runs_recbole_hypertuning_with_a_fixed_budget(tmp_path):
 
 def test_tuning_does_not_retrain_a_point_the_search_draws_again(tmp_path):
     """A one-point space with a budget of two: the second draw repeats the first trial's result."""
-    import os
-    import subprocess
-    import sys
-
-    write_planted_dataset(tmp_path / "datasets", n_users=N_USERS)
-    cfg = _config_dir(tmp_path)
-    (cfg / "hyper").mkdir()
-    (cfg / "hyper" / "InterestShiftCNN.hyper").write_text("learning_rate choice [0.005]\n")
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "tune.py"), "--dataset", "planted", "--protocol", "novel",
-         "--models", "InterestShiftCNN", "--max-evals", "2", "--max-epochs", "1", "--config-dir", str(cfg),
-         "--data-path", str(tmp_path / "datasets"), "--out", str(tmp_path / "results")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc, report_path = _run_tuning(tmp_path, "learning_rate choice [0.005]\n")
     assert (proc.stdout + proc.stderr).count("epoch 0 training") == 1
     assert "2 trials, 1 distinct points" in proc.stdout
-    trials = json.loads((tmp_path / "results" / "planted" / "tuning" / "novel-InterestShiftCNN.json").read_text())["trials"]
+    trials = json.loads(report_path.read_text())["trials"]
     assert [t.get("repeat", False) for t in trials] == [False, True]
     assert trials[1]["best_valid"] == trials[0]["best_valid"] and trials[1]["test"] == trials[0]["test"]
 
