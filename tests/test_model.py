@@ -482,3 +482,46 @@ def test_unit_item_vectors_are_reused_without_gradients_and_renewed_when_weights
         assert renewed is not first
         assert torch.allclose(renewed, torch.nn.functional.normalize(model._item_representations(), dim=-1))
         assert not torch.allclose(model.full_sort_predict(batch), before)
+
+
+def _masked_model(planted, **overrides):
+    from recbole.config import Config
+
+    config = Config(model="InterestShiftCNN", dataset="planted", config_dict=planted_config(planted["root"], **overrides))
+    torch.manual_seed(0)
+    return InterestShiftCNN(config, planted["train"].dataset).eval()
+
+
+def test_history_masking_follows_exclude_seen_items_unless_set(planted):
+    assert not _model(planted).mask_history  # the planted config does not exclude seen items
+    assert _masked_model(planted, exclude_seen_items=True).mask_history
+    assert not _masked_model(planted, exclude_seen_items=True, mask_history_items=False).mask_history
+    assert _masked_model(planted, mask_history_items=True).mask_history
+
+
+def test_masked_history_gets_no_migration_mass_and_the_rest_sums_to_one(planted):
+    model, batch = _masked_model(planted, mask_history_items=True), _batch(planted)
+    torch.nn.init.constant_(model.p_repeat_head.bias, -40.0)  # the migration mode alone
+    probs = model.full_sort_predict(batch).exp()
+    seen = torch.zeros_like(probs, dtype=torch.bool).scatter(1, batch[model.ITEM_SEQ], True)
+    seen[:, 0] = False
+    assert seen.any(1).all()
+    assert torch.all(probs[seen] < 1e-12)
+    assert torch.allclose(probs[:, 1:].sum(1), torch.ones(len(batch)), atol=1e-4)
+    unmasked = _model(planted).full_sort_predict(batch).exp()
+    assert not torch.allclose(unmasked[seen], probs[seen])  # without the mask the history has mass
+
+
+def test_masked_training_loss_is_the_likelihood_of_the_target_even_when_seen(planted):
+    """The loss spares the target, so a re-visited target keeps a finite likelihood; on other
+    targets it is the negative log-likelihood of what full_sort_predict ranks."""
+    model = _masked_model(planted, mask_history_items=True, repeat_mixture=False)  # no repeat mode to lean on
+    batch = _batch(planted, n=128)
+    model.lambda_cat = model.lambda_shift = 0.0
+    target, item_seq = batch[model.POS_ITEM_ID], batch[model.ITEM_SEQ]
+    revisit = (item_seq == target.unsqueeze(1)).any(1)
+    assert revisit.any() and (~revisit).any()  # the planted data has both kinds of target
+    assert model.calculate_loss(batch[revisit]) < 50  # a masked target would cost about 1e9
+    fresh = batch[~revisit]
+    expected = torch.nn.functional.nll_loss(model.full_sort_predict(fresh), fresh[model.POS_ITEM_ID])
+    assert torch.allclose(model.calculate_loss(fresh), expected, atol=1e-5)

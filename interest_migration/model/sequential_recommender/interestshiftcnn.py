@@ -26,6 +26,10 @@ explicitly instead of leaving it implicit in one big softmax:
     positions of the sequence summed per item, each occurrence scored by its recency, its
     behaviour type and its match with the user state.
 
+* where ranking excludes the items a user has seen (``exclude_seen_items``, the ``novel``
+  protocol), the item softmax leaves out the input sequence's items in training too
+  (``mask_history_items``): the model is trained on the candidate set it is ranked on, instead of
+  spending its scores on pushing down items that can never be recommended;
 * an item's preference score is the dot product of the user state and the item's vector, or
   their cosine over ``score_temperature`` (as in CORE), which overfits Amazon Beauty less;
 * items are scored from the predicted migration, mixed with the repeat mode:
@@ -161,6 +165,8 @@ class InterestShiftCNN(SequentialRecommender):
         self.score_temperature = config["score_temperature"]
         self.item_graph_weight = config["item_graph_weight"]
         self.migration_gate = bool(config["migration_gate"])
+        mask_history = config["mask_history_items"]
+        self.mask_history = bool(config["exclude_seen_items"] if mask_history is None else mask_history)
         self.loss_type = config["loss_type"]
         self._check_hyper_parameters()
 
@@ -449,6 +455,18 @@ class InterestShiftCNN(SequentialRecommender):
             return F.normalize(item_table, dim=-1)
         return self._per_weights("_unit_item_table", item_table, lambda: F.normalize(item_table, dim=-1))
 
+    @staticmethod
+    def _mask_history(scores, item_seq, target=None):
+        """``scores`` with the sequence's own items masked: the item softmax (and P(i | c)) then
+        runs over the candidates that ranking with seen items excluded leaves, in training as in
+        evaluation. A ``target`` [B] keeps its score, should it have been seen before (data with
+        repeats), so that the loss stays the likelihood of what the user did."""
+        masked = scores.scatter(1, item_seq, _MASKED)
+        if target is not None:
+            target = target.unsqueeze(1)
+            masked = masked.scatter(1, target, scores.gather(1, target))
+        return masked
+
     def _migration(self, seq_output, item_seq, item_seq_len, scores):
         """The migration mode's terms (:class:`Migration`). With ``migration_gate`` its P(c) also
         weighs each category by the items' own score mass in it (see ``_gated_category``)."""
@@ -511,12 +529,15 @@ class InterestShiftCNN(SequentialRecommender):
         repeat_logit = self.p_repeat_head(seq_output).squeeze(-1)
         return F.logsigmoid(repeat_logit), F.logsigmoid(-repeat_logit), log_position
 
-    def _outputs(self, interaction):
+    def _outputs(self, interaction, target=None):
         """One encoder pass and the terms of both modes: (item_seq, scores, migration, repeat).
-        The item table is built once for the input, the scores and the repeat mode."""
+        The item table is built once for the input, the scores and the repeat mode. ``target``:
+        the training targets, which ``mask_history_items`` leaves unmasked."""
         item_table = self._item_representations()
         item_seq, item_seq_len, seq_output = self._encode(interaction, item_table)
         scores = self._item_scores(seq_output, item_table)
+        if self.mask_history:
+            scores = self._mask_history(scores, item_seq, target)
         migration = self._migration(seq_output, item_seq, item_seq_len, scores) if self.use_category else None
         repeat = None
         if self.repeat_mixture:
@@ -569,7 +590,7 @@ class InterestShiftCNN(SequentialRecommender):
         """Negative log-likelihood of the target under the mixture, computed for the target only
         (no [B, n_items] mixture is built), plus the auxiliary migration losses."""
         pos_items = interaction[self.POS_ITEM_ID]
-        item_seq, scores, migration, repeat = self._outputs(interaction)
+        item_seq, scores, migration, repeat = self._outputs(interaction, target=pos_items)
         if migration is None:
             log_p = -F.cross_entropy(scores, pos_items, reduction="none")
         else:  # log P(c) + log P(i | c) of the target
