@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from interest_migration.model.sequential_recommender import InterestShiftCNN
 from bench_report import emit  # scripts/bench_report.py
 
 
@@ -36,10 +37,9 @@ def masked_calculate_loss(self, interaction):
         raise ValueError(f"SASRec: loss_type {self.loss_type!r}; the masking applies to the full softmax (CE) only")
     item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
     seq_output = self.forward(item_seq, item_seq_len)
-    target = interaction[self.POS_ITEM_ID].unsqueeze(1)
+    target = interaction[self.POS_ITEM_ID]
     logits = seq_output @ self.item_embedding.weight.t()
-    masked = logits.scatter(1, item_seq, -1e9).scatter(1, target, logits.gather(1, target))
-    return self.loss_fct(masked, target.squeeze(1))
+    return self.loss_fct(InterestShiftCNN._mask_history(logits, item_seq, target), target)
 
 
 def main():
