@@ -46,8 +46,7 @@ def main():
     args = parse_args()
     if args.out:
         args.out = str(Path(args.out).resolve())
-    import interest_migration  # noqa: F401  (registration and compat)
-    from interest_migration.experiment import run_model
+    from interest_migration.experiment import run_model  # the package is imported above: registration and compat
     from recbole.model.sequential_recommender.sasrec import SASRec
 
     SASRec.calculate_loss = masked_calculate_loss
