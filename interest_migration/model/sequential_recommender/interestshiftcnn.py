@@ -48,7 +48,9 @@ explicitly instead of leaving it implicit in one big softmax:
   cross-entropy of ``p_shift``. Without a category field the migration mode is a plain
   next-item softmax; ``repeat_mixture: False`` leaves the repeat mode out.
   ``predict_migration`` reports the migration under the whole mixture: ``p_shift`` and the next
-  categories are the item probabilities summed by category.
+  categories are the item probabilities summed by category;
+* with ``ema_decay`` the model is evaluated, early-stopped and saved with an exponential moving
+  average of its weights (see :mod:`interest_migration.model.weight_average`).
 
 Reference:
     Fajie Yuan et al. "A Simple Convolutional Generative Network for Next Item Recommendation"
@@ -71,6 +73,8 @@ from torch.nn import functional as F
 
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import FeatureSource, FeatureType
+
+from interest_migration.model.weight_average import WeightAverage
 
 _MASKED = -1e9  # finite "minus infinity": keeps log-softmax free of NaN when a row is all masked
 
@@ -168,7 +172,9 @@ class InterestShiftCNN(SequentialRecommender):
         mask_history = config["mask_history_items"]
         self.mask_history = bool(config["exclude_seen_items"] if mask_history is None else mask_history)
         self.loss_type = config["loss_type"]
+        self.ema_decay = config["ema_decay"]
         self._check_hyper_parameters()
+        self._weight_average = WeightAverage(self.ema_decay) if self.ema_decay else None
 
         # optional input features, each used only when the dataset has it
         self.CATEGORY_FIELD = config["CATEGORY_FIELD"]
@@ -272,6 +278,8 @@ class InterestShiftCNN(SequentialRecommender):
                 f"InterestShiftCNN: score_temperature must be a number > 0 (or ~ for the dot product), "
                 f"got {self.score_temperature!r}"
             )
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"InterestShiftCNN: ema_decay must lie in (0, 1) (or ~ for off), got {self.ema_decay!r}")
         if self.loss_type != "CE":
             raise ValueError(
                 f"InterestShiftCNN: loss_type={self.loss_type!r} is not supported; it is trained with the "
@@ -586,9 +594,28 @@ class InterestShiftCNN(SequentialRecommender):
         target = in_category.gather(1, self.rank_in_category[items].unsqueeze(1)).squeeze(1)
         return target - in_category.logsumexp(1)
 
+    def train(self, mode=True):
+        """With ``ema_decay``, evaluation mode runs on the averaged weights and training mode on
+        the model's own: RecBole's trainer switches modes around every validation."""
+        if self._weight_average is not None and mode != self.training:
+            if mode:
+                self._weight_average.restore(self.parameters())
+            else:
+                self._weight_average.swap_in(self.parameters())
+        return super().train(mode)
+
+    def load_state_dict(self, state_dict, strict=True, **kwargs):
+        """Loaded weights are the model's from then on: a running average starts again from them."""
+        result = super().load_state_dict(state_dict, strict=strict, **kwargs)
+        if self._weight_average is not None:
+            self._weight_average.reset()
+        return result
+
     def calculate_loss(self, interaction):
         """Negative log-likelihood of the target under the mixture, computed for the target only
         (no [B, n_items] mixture is built), plus the auxiliary migration losses."""
+        if self._weight_average is not None:  # the weights after the previous optimiser step
+            self._weight_average.update(self.parameters())
         pos_items = interaction[self.POS_ITEM_ID]
         item_seq, scores, migration, repeat = self._outputs(interaction, target=pos_items)
         if migration is None:
