@@ -77,6 +77,9 @@ from recbole.utils import FeatureSource, FeatureType
 from interest_migration.model.weight_average import WeightAverage
 
 _MASKED = -1e9  # finite "minus infinity": keeps log-softmax free of NaN when a row is all masked
+# transition scores are log(1 + P(i | j) / _TRANSITION_FLOOR): a transition seen once in a hundred
+# steps from j counts about as much as log 2, one seen every time about log 101
+_TRANSITION_FLOOR = 0.01
 
 
 class Migration(NamedTuple):
@@ -173,6 +176,8 @@ class InterestShiftCNN(SequentialRecommender):
         self.mask_history = bool(config["exclude_seen_items"] if mask_history is None else mask_history)
         self.loss_type = config["loss_type"]
         self.ema_decay = config["ema_decay"]
+        self.transition_window = config["transition_window"] or 0
+        self.transition_neighbours = config["transition_neighbours"]
         self._check_hyper_parameters()
         self._weight_average = WeightAverage(self.ema_decay) if self.ema_decay else None
 
@@ -203,6 +208,12 @@ class InterestShiftCNN(SequentialRecommender):
             indices, weights = self._transition_graph(dataset)
             self.register_buffer("item_graph_indices", indices, persistent=False)
             self.register_buffer("item_graph_weights", weights, persistent=False)
+        if self.transition_window:
+            # not saved, rebuilt from the training data like the item graph
+            neighbours, counts, degree = self._transition_table(dataset)
+            self.register_buffer("transition_next", neighbours, persistent=False)
+            self.register_buffer("transition_counts", counts, persistent=False)
+            self.register_buffer("transition_degree", degree, persistent=False)
         if self.use_category:
             item2cat, self.n_categories = self._item_tokens(dataset, self.CATEGORY_FIELD, "CATEGORY_FIELD")
             self.register_buffer("item2cat", item2cat)
@@ -246,8 +257,13 @@ class InterestShiftCNN(SequentialRecommender):
             if self.use_behavior:
                 self.repeat_behavior = nn.Embedding(dataset.num(self.BEHAVIOR_FIELD), 1, padding_idx=0)
 
+        if self.transition_window:
+            self.transition_head = nn.Linear(self.embedding_size, self.transition_window)
+
         # parameters initialization
         self.apply(self._init_weights)
+        if self.transition_window:  # start by trusting the transitions a little: log 2 per step seen once in 100
+            nn.init.constant_(self.transition_head.bias, 1.0)
         self.logger.info(
             "InterestShiftCNN inputs: item%s%s%s%s",
             "".join(f" + {field}" for field in self.item_feature_fields),
@@ -277,6 +293,16 @@ class InterestShiftCNN(SequentialRecommender):
             raise ValueError(
                 f"InterestShiftCNN: score_temperature must be a number > 0 (or ~ for the dot product), "
                 f"got {self.score_temperature!r}"
+            )
+        if not (isinstance(self.transition_window, int) and self.transition_window >= 0):
+            raise ValueError(
+                f"InterestShiftCNN: transition_window must be an integer >= 0 (0 = off), got {self.transition_window!r}"
+            )
+        if self.transition_window and not (
+            isinstance(self.transition_neighbours, int) and self.transition_neighbours >= 1
+        ):
+            raise ValueError(
+                f"InterestShiftCNN: transition_neighbours must be an integer >= 1, got {self.transition_neighbours!r}"
             )
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"InterestShiftCNN: ema_decay must lie in (0, 1) (or ~ for off), got {self.ema_decay!r}")
@@ -314,24 +340,77 @@ class InterestShiftCNN(SequentialRecommender):
         item2cat[item_feat[dataset.iid_field]] = categories.long()
         return item2cat, dataset.num(field)
 
-    def _transition_graph(self, dataset):
-        """Item graph of the training data's consecutive interactions, both directions, each row
-        normalised to sum to one, as the (coalesced) indices [2, E] and weights [E] of a sparse
-        [n_items, n_items] tensor: an item's neighbours are the items bought just before or after
-        it. Built from the training split only (RecBole gives a model its training dataset), so no
-        validation or test transition is in it."""
+    def _training_transitions(self, dataset):
+        """(previous item, next item) of every training step whose two items differ: RecBole gives
+        a model its training split, one row per step, so no validation or test transition is here."""
         feat = dataset.inter_feat
         length = feat[self.ITEM_SEQ_LEN]
         previous = feat[self.ITEM_SEQ].gather(1, (length - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
         target = feat[self.ITEM_ID]
         keep = (length > 0) & (previous > 0) & (previous != target)
-        src = torch.cat([previous[keep], target[keep]])
-        dst = torch.cat([target[keep], previous[keep]])
+        return previous[keep], target[keep]
+
+    def _transition_graph(self, dataset):
+        """Item graph of the training data's consecutive interactions, both directions, each row
+        normalised to sum to one, as the (coalesced) indices [2, E] and weights [E] of a sparse
+        [n_items, n_items] tensor: an item's neighbours are the items bought just before or after
+        it."""
+        previous, target = self._training_transitions(dataset)
+        src = torch.cat([previous, target])
+        dst = torch.cat([target, previous])
         size = (self.n_items, self.n_items)
         counts = torch.sparse_coo_tensor(torch.stack([src, dst]), torch.ones(src.size(0)), size).coalesce()
         indices, values = counts.indices(), counts.values()
         degree = torch.zeros(self.n_items).index_add_(0, indices[0], values)
         return indices, values / degree[indices[0]]
+
+    def _transition_table(self, dataset):
+        """Where shoppers went next from each item, in the training data: the ``transition_neighbours``
+        most frequent next items [n_items, M] (0 = none), their counts [n_items, M] and every item's
+        number of outgoing transitions [n_items] (all of them, not only the M kept)."""
+        previous, target = self._training_transitions(dataset)
+        size = (self.n_items, self.n_items)
+        counts = torch.sparse_coo_tensor(torch.stack([previous, target]), torch.ones(previous.size(0)), size)
+        counts = counts.coalesce()
+        (src, dst), values = counts.indices(), counts.values()
+        degree = torch.zeros(self.n_items).index_add_(0, src, values)
+        # rank of each next item within its row, most frequent first (rows are contiguous and sorted)
+        order = torch.argsort(src * (values.max() + 1) - values, stable=True)
+        src, dst, values = src[order], dst[order], values[order]
+        row_start = torch.cumsum(torch.bincount(src, minlength=self.n_items), 0) - torch.bincount(src, minlength=self.n_items)
+        rank = torch.arange(src.size(0)) - row_start[src]
+        keep = rank < self.transition_neighbours
+        neighbours = torch.zeros(self.n_items, self.transition_neighbours, dtype=torch.long)
+        table_counts = torch.zeros(self.n_items, self.transition_neighbours)
+        neighbours[src[keep], rank[keep]] = dst[keep]
+        table_counts[src[keep], rank[keep]] = values[keep]
+        return neighbours, table_counts, degree
+
+    def _transition_scores(self, seq_output, item_seq, item_seq_len, scores, target=None):
+        """Add to ``scores`` [B, n_items] a user-specific weight per step back times
+        log(1 + P(i | j) / floor) for the next items i of each of the last ``transition_window``
+        items j: an explicit first-order Markov term beside the learned vectors (as FPMC adds
+        one to matrix factorisation), which remembers item-to-item transitions that low-rank
+        vectors smooth away.
+
+        ``target``: in training, each step's own transition (last item -> target) is left out of
+        the counts, as it would be absent for an unseen step; without this the model learns to
+        trust the transitions far more than they deserve on validation and test data.
+        """
+        steps_back = torch.arange(self.transition_window, device=item_seq.device)
+        position = item_seq_len.unsqueeze(1) - 1 - steps_back  # [B, W]
+        items = item_seq.gather(1, position.clamp(min=0)).masked_fill(position < 0, 0)
+        neighbours = self.transition_next[items]  # [B, W, M]
+        counts = self.transition_counts[items]
+        degree = self.transition_degree[items]  # [B, W]
+        if target is not None:
+            own = (steps_back == 0) & (items != target.unsqueeze(1)) & (items > 0)  # [B, W]
+            counts = counts - (own.unsqueeze(2) & (neighbours == target.view(-1, 1, 1))).float()
+            degree = degree - own.float()
+        p_next = counts / degree.clamp(min=1).unsqueeze(2)
+        weight = self.transition_head(seq_output)  # [B, W]
+        bonus = weight.unsqueeze(2) * torch.log1p(p_next / _TRANSITION_FLOOR)
+        return scores.scatter_add(1, neighbours.flatten(1), bonus.flatten(1))
 
     @property
     def item_graph(self):
@@ -544,6 +623,8 @@ class InterestShiftCNN(SequentialRecommender):
         item_table = self._item_representations()
         item_seq, item_seq_len, seq_output = self._encode(interaction, item_table)
         scores = self._item_scores(seq_output, item_table)
+        if self.transition_window:
+            scores = self._transition_scores(seq_output, item_seq, item_seq_len, scores, target)
         if self.mask_history:
             scores = self._mask_history(scores, item_seq, target)
         migration = self._migration(seq_output, item_seq, item_seq_len, scores) if self.use_category else None
