@@ -215,6 +215,37 @@ def test_a_model_with_item_attributes_traces_its_item_table_as_a_constant(served
         np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-5, atol=1e-5)
 
 
+def test_a_model_with_the_transition_term_traces_it_and_follows_the_latest_event(served):
+    """transition_window reads the user's last items: the traced graph scores as the model does, and
+    an observed event moves the transition bonus to the new last item's next items."""
+    config, model, dataset, _ = _untrained("InterestShiftCNN", served.data_root, transition_window=2)
+    traced = OnlineRecommender(config, model, dataset)
+    eager = OnlineRecommender(config, model, dataset, trace=False)
+    assert traced.traced
+    for user in sorted(set(served.inter["user_id"].astype(str)))[:8]:
+        a, b = traced.recommend(user, k=10), eager.recommend(user, k=10)
+        assert a["items"] == b["items"]
+        np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-5, atol=1e-5)
+    # after an item with several training successors, each outranks the rest of its category
+    # (across categories the predicted migration decides)
+    item = int(model.transition_degree.argmax())
+    with torch.no_grad():
+        model.transition_head.weight.zero_()
+        model.transition_head.bias.copy_(torch.tensor([50.0, 0.0]))
+    rec = OnlineRecommender(config, model, dataset)
+    user = "a-new-shopper"
+    rec.observe(user, str(dataset.id2token(dataset.iid_field, item)), behavior="pv")
+    ranked = rec.recommend(user, k=model.n_items - 2, exclude_seen=True)
+    score = dict(zip(ranked["items"], ranked["scores"]))
+    successors = model.transition_next[item][model.transition_counts[item] > 0].tolist()
+    assert len(successors) >= 2
+    for successor in successors:
+        others = (model.item2cat == model.item2cat[successor]).nonzero().flatten().tolist()
+        others = [o for o in others if o not in successors and o not in (0, item)]
+        token = lambda i: str(dataset.id2token(dataset.iid_field, i))  # noqa: E731
+        assert others and all(score[token(successor)] > score[token(o)] for o in others)
+
+
 def test_a_model_without_sequences_is_refused(served):
     config, model, dataset, _ = _untrained("Pop", served.data_root)
     with pytest.raises(ValueError, match="Pop is not a sequential model"):
