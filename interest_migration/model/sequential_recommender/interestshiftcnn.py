@@ -49,6 +49,10 @@ explicitly instead of leaving it implicit in one big softmax:
   next-item softmax; ``repeat_mixture: False`` leaves the repeat mode out.
   ``predict_migration`` reports the migration under the whole mixture: ``p_shift`` and the next
   categories are the item probabilities summed by category;
+* with ``transition_window`` every item's score also gets a user-specific weight times
+  ``log(1 + P(i | j) / 0.01)`` for each of the last few items ``j``, ``P(i | j)`` being the share of
+  the training transitions out of ``j`` that went to ``i`` (FPMC's first-order Markov term beside
+  the learned vectors); in training each step's own transition is left out of the counts;
 * with ``ema_decay`` the model is evaluated, early-stopped and saved with an exponential moving
   average of its weights (see :mod:`interest_migration.model.weight_average`).
 
@@ -63,6 +67,8 @@ Reference:
     Representation Space" in SIGIR 2022 (cosine scores over a temperature).
     Pengjie Ren et al. "RepeatNet: A Repeat Aware Neural Recommendation Machine for
     Session-based Recommendation" in AAAI 2019 (repeat consumption).
+    Steffen Rendle et al. "Factorizing Personalized Markov Chains for Next-Basket
+    Recommendation" in WWW 2010 (FPMC: a first-order transition term beside the factorisation).
 """
 
 from typing import NamedTuple, Optional
