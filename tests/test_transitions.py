@@ -139,3 +139,24 @@ def test_bad_transition_settings_are_clear_errors(planted, override, message):
     config = Config(model="InterestShiftCNN", dataset="planted", config_dict=planted_config(planted["root"], **overrides))
     with pytest.raises(ValueError, match=message):
         InterestShiftCNN(config, planted["train"].dataset)
+
+
+@pytest.mark.parametrize(
+    "previous, following, neighbours, counts, degree",
+    [
+        # item 1 went to 2 twice, to 3 and 4 once: two kept, the most frequent first; its degree counts all four
+        ([1, 1, 1, 2, 1], [2, 3, 2, 3, 4], [[0, 0], [2, 3], [3, 0], [0, 0], [0, 0]],
+         [[0, 0], [2, 1], [1, 0], [0, 0], [0, 0]], [0, 4, 1, 0, 0]),
+        ([], [], [[0, 0]] * 5, [[0, 0]] * 5, [0] * 5),  # no transitions at all
+    ],
+)
+def test_table_keeps_the_most_frequent_next_items_and_counts_all(previous, following, neighbours, counts, degree):
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(n_items=5, transition_neighbours=2)
+    model._training_transitions = lambda dataset: (torch.tensor(previous, dtype=torch.long),
+                                                   torch.tensor(following, dtype=torch.long))
+    got_neighbours, got_counts, got_degree = InterestShiftCNN._transition_table(model, None)
+    assert got_neighbours.tolist() == neighbours
+    assert got_counts.tolist() == counts
+    assert got_degree.tolist() == degree

@@ -52,9 +52,7 @@ explicitly instead of leaving it implicit in one big softmax:
 * with ``transition_window`` every item's score also gets a user-specific weight times
   ``log(1 + P(i | j) / 0.01)`` for each of the last few items ``j``, ``P(i | j)`` being the share of
   the training transitions out of ``j`` that went to ``i`` (FPMC's first-order Markov term beside
-  the learned vectors); in training each step's own transition is left out of the counts;
-* with ``ema_decay`` the model is evaluated, early-stopped and saved with an exponential moving
-  average of its weights (see :mod:`interest_migration.model.weight_average`).
+  the learned vectors); in training each step's own transition is left out of the counts.
 
 Reference:
     Fajie Yuan et al. "A Simple Convolutional Generative Network for Next Item Recommendation"
@@ -79,8 +77,6 @@ from torch.nn import functional as F
 
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import FeatureSource, FeatureType
-
-from interest_migration.model.weight_average import WeightAverage
 
 _MASKED = -1e9  # finite "minus infinity": keeps log-softmax free of NaN when a row is all masked
 # transition scores are log(1 + P(i | j) / _TRANSITION_FLOOR): a transition seen once in a hundred
@@ -181,11 +177,9 @@ class InterestShiftCNN(SequentialRecommender):
         mask_history = config["mask_history_items"]
         self.mask_history = bool(config["exclude_seen_items"] if mask_history is None else mask_history)
         self.loss_type = config["loss_type"]
-        self.ema_decay = config["ema_decay"]
         self.transition_window = config["transition_window"] or 0
         self.transition_neighbours = config["transition_neighbours"]
         self._check_hyper_parameters()
-        self._weight_average = WeightAverage(self.ema_decay) if self.ema_decay else None
 
         # optional input features, each used only when the dataset has it
         self.CATEGORY_FIELD = config["CATEGORY_FIELD"]
@@ -310,8 +304,6 @@ class InterestShiftCNN(SequentialRecommender):
             raise ValueError(
                 f"InterestShiftCNN: transition_neighbours must be an integer >= 1, got {self.transition_neighbours!r}"
             )
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ValueError(f"InterestShiftCNN: ema_decay must lie in (0, 1) (or ~ for off), got {self.ema_decay!r}")
         if self.loss_type != "CE":
             raise ValueError(
                 f"InterestShiftCNN: loss_type={self.loss_type!r} is not supported; it is trained with the "
@@ -380,11 +372,12 @@ class InterestShiftCNN(SequentialRecommender):
         counts = counts.coalesce()
         (src, dst), values = counts.indices(), counts.values()
         degree = torch.zeros(self.n_items).index_add_(0, src, values)
-        # rank of each next item within its row, most frequent first (rows are contiguous and sorted)
-        order = torch.argsort(src * (values.max() + 1) - values, stable=True)
+        # rows in item order, each row's next items most frequent first (two stable sorts)
+        order = torch.argsort(-values, stable=True)
+        order = order[torch.argsort(src[order], stable=True)]
         src, dst, values = src[order], dst[order], values[order]
-        row_start = torch.cumsum(torch.bincount(src, minlength=self.n_items), 0) - torch.bincount(src, minlength=self.n_items)
-        rank = torch.arange(src.size(0)) - row_start[src]
+        row_size = torch.bincount(src, minlength=self.n_items)
+        rank = torch.arange(src.size(0)) - (torch.cumsum(row_size, 0) - row_size)[src]
         keep = rank < self.transition_neighbours
         neighbours = torch.zeros(self.n_items, self.transition_neighbours, dtype=torch.long)
         table_counts = torch.zeros(self.n_items, self.transition_neighbours)
@@ -681,28 +674,9 @@ class InterestShiftCNN(SequentialRecommender):
         target = in_category.gather(1, self.rank_in_category[items].unsqueeze(1)).squeeze(1)
         return target - in_category.logsumexp(1)
 
-    def train(self, mode=True):
-        """With ``ema_decay``, evaluation mode runs on the averaged weights and training mode on
-        the model's own: RecBole's trainer switches modes around every validation."""
-        if self._weight_average is not None and mode != self.training:
-            if mode:
-                self._weight_average.restore(self.parameters())
-            else:
-                self._weight_average.swap_in(self.parameters())
-        return super().train(mode)
-
-    def load_state_dict(self, state_dict, strict=True, **kwargs):
-        """Loaded weights are the model's from then on: a running average starts again from them."""
-        result = super().load_state_dict(state_dict, strict=strict, **kwargs)
-        if self._weight_average is not None:
-            self._weight_average.reset()
-        return result
-
     def calculate_loss(self, interaction):
         """Negative log-likelihood of the target under the mixture, computed for the target only
         (no [B, n_items] mixture is built), plus the auxiliary migration losses."""
-        if self._weight_average is not None:  # the weights after the previous optimiser step
-            self._weight_average.update(self.parameters())
         pos_items = interaction[self.POS_ITEM_ID]
         item_seq, scores, migration, repeat = self._outputs(interaction, target=pos_items)
         if migration is None:
