@@ -239,10 +239,10 @@ def test_a_model_with_the_transition_term_traces_it_and_follows_the_latest_event
     score = dict(zip(ranked["items"], ranked["scores"]))
     successors = model.transition_next[item][model.transition_counts[item] > 0].tolist()
     assert len(successors) >= 2
+    token = lambda i: str(dataset.id2token(dataset.iid_field, i))  # noqa: E731
     for successor in successors:
         others = (model.item2cat == model.item2cat[successor]).nonzero().flatten().tolist()
         others = [o for o in others if o not in successors and o not in (0, item)]
-        token = lambda i: str(dataset.id2token(dataset.iid_field, i))  # noqa: E731
         assert others and all(score[token(successor)] > score[token(o)] for o in others)
 
 

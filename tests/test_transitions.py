@@ -30,27 +30,26 @@ def planted(tmp_path_factory):
 
 
 def _training_pairs(planted):
-    """(previous, next) item pairs of the training split, counted from the users' full sequences."""
+    """(previous, next) item pair counts of the training split's steps, and each previous item's total."""
     feat = planted["train"].dataset.inter_feat
-    pairs = Counter()
+    pairs, degree = Counter(), Counter()
     for seq, length, target in zip(feat["item_id_list"], feat["item_length"], feat["item_id"]):
         previous = int(seq[int(length) - 1])
         if previous and previous != int(target):
             pairs[previous, int(target)] += 1
-    return pairs
+            degree[previous] += 1
+    return pairs, degree
 
 
 def test_table_counts_the_training_transitions_and_nothing_else(planted):
-    model, pairs = planted["model"], _training_pairs(planted)
+    model = planted["model"]
+    pairs, degree = _training_pairs(planted)
     table = Counter()
     for item in range(model.n_items):
         for nxt, count in zip(model.transition_next[item].tolist(), model.transition_counts[item].tolist()):
             if count:
                 table[item, nxt] = int(count)
     assert table == pairs  # the planted data have fewer next items per item than the table keeps
-    degree = Counter()
-    for (previous, _), count in pairs.items():
-        degree[previous] += count
     assert model.transition_degree.tolist() == [degree[i] for i in range(model.n_items)]
 
     # the validation and test steps are not in it: their last transitions are not all training ones
@@ -63,10 +62,7 @@ def test_table_counts_the_training_transitions_and_nothing_else(planted):
 
 def test_scores_add_the_weight_times_the_log_transition_probability(planted):
     model = planted["model"]
-    pairs = _training_pairs(planted)
-    degree = Counter()
-    for (previous, _), count in pairs.items():
-        degree[previous] += count
+    pairs, degree = _training_pairs(planted)
     interaction = next(iter(planted["test"]))[0][:16]
     item_seq, item_seq_len = interaction["item_id_list"], interaction["item_length"]
     state = torch.randn(item_seq.size(0), model.embedding_size)
@@ -88,10 +84,7 @@ def test_scores_add_the_weight_times_the_log_transition_probability(planted):
 def test_a_training_step_does_not_see_its_own_transition(planted):
     """In training each step's transition (last item -> target) is one fewer in the counts, and
     its last item's transitions one fewer in all: what the step would see were it unseen."""
-    pairs = _training_pairs(planted)
-    degree = Counter()
-    for (previous, _), count in pairs.items():
-        degree[previous] += count
+    pairs, degree = _training_pairs(planted)
     interaction = next(iter(planted["train"]))
     item_seq, item_seq_len, target = interaction["item_id_list"], interaction["item_length"], interaction["item_id"]
     last = item_seq.gather(1, (item_seq_len - 1).unsqueeze(1)).squeeze(1)
@@ -156,6 +149,7 @@ def test_table_keeps_the_most_frequent_next_items_and_counts_all(previous, follo
     model = SimpleNamespace(n_items=5, transition_neighbours=2)
     model._training_transitions = lambda dataset: (torch.tensor(previous, dtype=torch.long),
                                                    torch.tensor(following, dtype=torch.long))
+    model._count_pairs = lambda src, dst: InterestShiftCNN._count_pairs(model, src, dst)
     got_neighbours, got_counts, got_degree = InterestShiftCNN._transition_table(model, None)
     assert got_neighbours.tolist() == neighbours
     assert got_counts.tolist() == counts

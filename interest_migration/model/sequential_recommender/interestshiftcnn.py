@@ -354,24 +354,22 @@ class InterestShiftCNN(SequentialRecommender):
         [n_items, n_items] tensor: an item's neighbours are the items bought just before or after
         it."""
         previous, target = self._training_transitions(dataset)
-        src = torch.cat([previous, target])
-        dst = torch.cat([target, previous])
+        indices, values, degree = self._count_pairs(torch.cat([previous, target]), torch.cat([target, previous]))
+        return indices, values / degree[indices[0]]
+
+    def _count_pairs(self, src, dst):
+        """How often each (src, dst) item pair occurs: the coalesced indices [2, E] (sorted by src,
+        then dst) and counts [E] of a sparse [n_items, n_items] tensor, and each src item's total [n_items]."""
         size = (self.n_items, self.n_items)
         counts = torch.sparse_coo_tensor(torch.stack([src, dst]), torch.ones(src.size(0)), size).coalesce()
         indices, values = counts.indices(), counts.values()
-        degree = torch.zeros(self.n_items).index_add_(0, indices[0], values)
-        return indices, values / degree[indices[0]]
+        return indices, values, torch.zeros(self.n_items).index_add_(0, indices[0], values)
 
     def _transition_table(self, dataset):
         """Where shoppers went next from each item, in the training data: the ``transition_neighbours``
         most frequent next items [n_items, M] (0 = none), their counts [n_items, M] and every item's
         number of outgoing transitions [n_items] (all of them, not only the M kept)."""
-        previous, target = self._training_transitions(dataset)
-        size = (self.n_items, self.n_items)
-        counts = torch.sparse_coo_tensor(torch.stack([previous, target]), torch.ones(previous.size(0)), size)
-        counts = counts.coalesce()
-        (src, dst), values = counts.indices(), counts.values()
-        degree = torch.zeros(self.n_items).index_add_(0, src, values)
+        (src, dst), values, degree = self._count_pairs(*self._training_transitions(dataset))
         # rows in item order, each row's next items most frequent first (two stable sorts)
         order = torch.argsort(-values, stable=True)
         order = order[torch.argsort(src[order], stable=True)]
