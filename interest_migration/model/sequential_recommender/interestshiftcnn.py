@@ -173,6 +173,7 @@ class InterestShiftCNN(SequentialRecommender):
         self.item_feature_fields = list(config["item_feature_fields"] or [])
         self.score_temperature = config["score_temperature"]
         self.item_graph_weight = config["item_graph_weight"]
+        self.item_graph_leave_one_out = bool(config["item_graph_leave_one_out"])
         self.migration_gate = bool(config["migration_gate"])
         mask_history = config["mask_history_items"]
         self.mask_history = bool(config["exclude_seen_items"] if mask_history is None else mask_history)
@@ -205,9 +206,10 @@ class InterestShiftCNN(SequentialRecommender):
         if self.item_graph_weight:
             # not saved: it is rebuilt from the training data, as the model always is. Kept as
             # dense index and weight vectors: DistributedDataParallel cannot broadcast sparse buffers
-            indices, weights = self._transition_graph(dataset)
+            indices, weights, degree = self._transition_graph(dataset)
             self.register_buffer("item_graph_indices", indices, persistent=False)
             self.register_buffer("item_graph_weights", weights, persistent=False)
+            self.register_buffer("item_graph_degree", degree, persistent=False)
         if self.transition_window:
             # not saved, rebuilt from the training data like the item graph
             neighbours, counts, degree = self._transition_table(dataset)
@@ -352,10 +354,10 @@ class InterestShiftCNN(SequentialRecommender):
         """Item graph of the training data's consecutive interactions, both directions, each row
         normalised to sum to one, as the (coalesced) indices [2, E] and weights [E] of a sparse
         [n_items, n_items] tensor: an item's neighbours are the items bought just before or after
-        it."""
+        it. Also each item's number of transitions in it [n_items] (the rows' sums before normalising)."""
         previous, target = self._training_transitions(dataset)
         indices, values, degree = self._count_pairs(torch.cat([previous, target]), torch.cat([target, previous]))
-        return indices, values / degree[indices[0]]
+        return indices, values / degree[indices[0]], degree
 
     def _count_pairs(self, src, dst):
         """How often each (src, dst) item pair occurs: the coalesced indices [2, E] (sorted by src,
@@ -462,12 +464,42 @@ class InterestShiftCNN(SequentialRecommender):
         return cache[2]
 
     def _build_item_representations(self):
-        vectors = self.item_embedding.weight
+        own, neighbours = self._item_parts()
+        return own if neighbours is None else own + self.item_graph_weight * neighbours
+
+    def _item_parts(self):
+        """Every item's own vector (embedding plus attributes) [n_items, D], and the mean of its
+        neighbours' own vectors in the transition graph [n_items, D] (None without the graph)."""
+        own = self.item_embedding.weight
         for k, embedding in enumerate(self.feature_embeddings):
-            vectors = vectors + embedding(getattr(self, f"item2feature_{k}"))
-        if self.item_graph_weight:
-            vectors = vectors + self.item_graph_weight * torch.sparse.mm(self.item_graph, vectors)
-        return vectors
+            own = own + embedding(getattr(self, f"item2feature_{k}"))
+        return own, torch.sparse.mm(self.item_graph, own) if self.item_graph_weight else None
+
+    def _without_own_transition(self, own, neighbours, previous, target):
+        """Vectors [B, D] of each training step's last item and of its target, from the graph
+        without that step's own transition (one fewer pair in each direction).
+
+        Why: the graph is built from the training transitions, so in training the last item's
+        vector holds a share of the target's and the target's a share of the last item's; the model
+        learns to lean on that link, which an unseen step does not have (``item_graph_leave_one_out``).
+        """
+        in_graph = ((previous > 0) & (previous != target)).float().unsqueeze(1)  # as _training_transitions
+
+        def vector(item, other):
+            degree = self.item_graph_degree[item].unsqueeze(1)
+            rest = degree - in_graph
+            total = neighbours[item] * degree - in_graph * own[other]
+            mean = torch.where(rest > 0, total / rest.clamp(min=1), torch.zeros_like(total))
+            return own[item] + self.item_graph_weight * mean
+
+        return vector(previous, target), vector(target, previous)
+
+    def _pair_scores(self, seq_output, vectors, items):
+        """The scores of ``_item_scores`` for one item per user, given its vector [B, D]: [B]."""
+        if self.score_temperature:
+            preference = (F.normalize(seq_output, dim=-1) * F.normalize(vectors, dim=-1)).sum(-1)
+            return preference / self.score_temperature + self.item_bias[items]
+        return (seq_output * vectors).sum(-1) + self.item_bias[items]
 
     def _embed_items(self, item_seq, item_table=None):
         """Item vectors of item ids [...] -> [..., D], read from ``item_table`` (default: built here);
@@ -475,8 +507,9 @@ class InterestShiftCNN(SequentialRecommender):
         table = self._item_representations() if item_table is None else item_table
         return F.embedding(item_seq, table, padding_idx=0)
 
-    def forward(self, item_seq, item_seq_len, behavior_seq=None, time_seq=None, item_table=None):
-        """User state at the last real position of each sequence: [B, D].
+    def forward(self, item_seq, item_seq_len, behavior_seq=None, time_seq=None, item_table=None, last_vectors=None):
+        """User state at the last real position of each sequence: [B, D]. ``last_vectors`` [B, D]
+        replace the last items' vectors (see ``_without_own_transition``).
 
         The CNN runs over the real positions only, packed sequence after sequence into one run
         (see :class:`CausalConvBlock`); the padding after each sequence is never computed.
@@ -492,6 +525,9 @@ class InterestShiftCNN(SequentialRecommender):
         position = F.pad(packed % item_seq.size(1), (0, extra))  # in its sequence; spare rows read zeros
         items = take(item_seq)
         x = self._embed_items(items, item_table)
+        last_rows = torch.cumsum(item_seq_len, 0) - 1
+        if last_vectors is not None:
+            x = x.index_copy(0, last_rows, last_vectors)
         if self.use_category:
             x = x + self.category_embedding(self.item2cat[items])
         if self.use_behavior and behavior_seq is not None:
@@ -502,14 +538,15 @@ class InterestShiftCNN(SequentialRecommender):
         rows = tap_rows(position, self.tap_shifts)  # [blocks, K, N], all blocks at once
         for block, block_rows in zip(self.blocks, rows):
             x = block(x, block_rows)
-        return self.output_norm(x)[torch.cumsum(item_seq_len, 0) - 1]  # each sequence's last row
+        return self.output_norm(x)[last_rows]  # each sequence's last row
 
-    def _encode(self, interaction, item_table):
+    def _encode(self, interaction, item_table, last_vectors=None):
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         behavior_seq = interaction[self.BEHAVIOR_SEQ] if self.use_behavior else None
         time_seq = interaction[self.TIME_SEQ] if self.use_time else None
-        return item_seq, item_seq_len, self.forward(item_seq, item_seq_len, behavior_seq, time_seq, item_table)
+        seq_output = self.forward(item_seq, item_seq_len, behavior_seq, time_seq, item_table, last_vectors)
+        return item_seq, item_seq_len, seq_output
 
     def _repeat_bonus(self, head, seq_output, id_seq, item_seq_len, scores):
         """Add to ``scores`` [B, n] a user-specific bonus per recency bucket for every id in ``id_seq``.
@@ -616,10 +653,22 @@ class InterestShiftCNN(SequentialRecommender):
     def _outputs(self, interaction, target=None):
         """One encoder pass and the terms of both modes: (item_seq, scores, migration, repeat).
         The item table is built once for the input, the scores and the repeat mode. ``target``:
-        the training targets, which ``mask_history_items`` leaves unmasked."""
-        item_table = self._item_representations()
-        item_seq, item_seq_len, seq_output = self._encode(interaction, item_table)
-        scores = self._item_scores(seq_output, item_table)
+        the training targets, which ``mask_history_items`` leaves unmasked and
+        ``item_graph_leave_one_out`` scores without their own transition."""
+        if target is None or not (self.item_graph_weight and self.item_graph_leave_one_out):
+            item_table = self._item_representations()
+            item_seq, item_seq_len, seq_output = self._encode(interaction, item_table)
+            scores = self._item_scores(seq_output, item_table)
+        else:
+            own, neighbours = self._item_parts()
+            item_table = own + self.item_graph_weight * neighbours
+            item_seq_len = interaction[self.ITEM_SEQ_LEN]
+            previous = interaction[self.ITEM_SEQ].gather(1, (item_seq_len - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+            last_vectors, target_vectors = self._without_own_transition(own, neighbours, previous, target)
+            item_seq, item_seq_len, seq_output = self._encode(interaction, item_table, last_vectors)
+            scores = self._item_scores(seq_output, item_table)
+            target_scores = self._pair_scores(seq_output, target_vectors, target)
+            scores = scores.scatter(1, target.unsqueeze(1), target_scores.unsqueeze(1))
         if self.transition_window:
             scores = self._transition_scores(seq_output, item_seq, item_seq_len, scores, target)
         if self.mask_history:
