@@ -191,8 +191,7 @@ def execute(specs, runs_dir: Path, work_dir: Path, timeout=None, retry_failed=Fa
 
 def _per_user(results, runs_dir: Path) -> dict:
     """Seed-averaged per-user metrics of each (protocol, label), indexed by user token."""
-    import pandas as pd
-
+    from interest_migration.benchmark.per_user import read_users, seed_average
     from interest_migration.benchmark.runner import RunSpec, result_paths
 
     frames = {}
@@ -201,9 +200,8 @@ def _per_user(results, runs_dir: Path) -> dict:
             continue
         spec = RunSpec(label=r["label"], model=r["model"], protocol=r["protocol"], seed=r["seed"],
                        dataset=r["dataset"], config_files=[])
-        users = pd.read_csv(result_paths(runs_dir, spec)[1], dtype={"user_id": str}).set_index("user_id")
-        frames.setdefault((r["protocol"], r["label"]), []).append(users)
-    return {key: pd.concat(parts).groupby(level=0).mean() for key, parts in frames.items()}
+        frames.setdefault((r["protocol"], r["label"]), []).append(read_users(result_paths(runs_dir, spec)[1]))
+    return {key: seed_average(parts) for key, parts in frames.items()}
 
 
 def analyse(results, per_user, summary, protocols, data, category_field, ours) -> tuple[dict, dict, dict]:

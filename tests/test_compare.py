@@ -101,6 +101,28 @@ def test_per_user_metrics_average_to_recbole(comparison):
                 assert users[metric].mean() == pytest.approx(result["test"][metric], abs=6e-5)
 
 
+def test_paired_test_script_repeats_the_comparisons_own_test(comparison):
+    """scripts/paired_test.py on the per-user files of two runs gives the test ``compare`` reported."""
+    import subprocess
+    import sys
+
+    runs = comparison["out"] / "runs" / "novel"
+    reported = json.loads((comparison["out"] / "results.json").read_text())["paired_tests"]["novel"]
+    assert reported["a"] == "InterestShiftCNN" and reported["b"] == "Pop"
+    cmd = [sys.executable, str(REPO / "scripts" / "paired_test.py"),
+           "--ours", str(runs / "InterestShiftCNN-seed2020.users.csv"), "--baseline", str(runs / "Pop-seed2020.users.csv")]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    row = next(line for line in out.splitlines() if line.startswith("| all given"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert int(cells[1]) == reported["n_users"] == N_USERS
+    assert float(cells[2]) == pytest.approx(reported["mean_a"], abs=6e-5)
+    assert float(cells[3]) == pytest.approx(reported["mean_b"], abs=6e-5)
+    assert float(cells[5]) == pytest.approx(reported["wilcoxon_p"], rel=0.05)
+
+    missing = subprocess.run(cmd[:-1] + [str(runs / "nothing.users.csv")], capture_output=True, text=True)
+    assert missing.returncode != 0 and "nothing.users.csv: no such per-user file" in missing.stderr
+
+
 def test_novel_data_keeps_first_interactions_only(comparison):
     folder = comparison["out"] / "data" / "planted-novel"
     novel = pd.read_csv(folder / "planted-novel.inter", sep="\t")

@@ -27,6 +27,16 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def read_users(path) -> pd.DataFrame:
+    """One run's per-user test metrics (the ``*.users.csv`` that ``compare`` writes), indexed by user token."""
+    return pd.read_csv(path, dtype={"user_id": str}).set_index("user_id")
+
+
+def seed_average(frames) -> pd.DataFrame:
+    """Per-user metrics averaged over several runs (seeds) of one model, user by user."""
+    return pd.concat(frames).groupby(level=0).mean()
+
+
 def paired_test(a: pd.Series, b: pd.Series) -> dict:
     """Paired comparison of two per-user metric series indexed by user: Wilcoxon and t-test."""
     joined = pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner").dropna()

@@ -14,6 +14,8 @@ explicitly instead of leaving it implicit in one big softmax:
   such as FDSA and S3-Rec do); with ``item_graph_weight`` it also adds the mean vector of the
   item's neighbours in the training data's transition graph (the items bought just before or
   after it, as in GCE-GNN's global graph), which helps items with few interactions the same way;
+  with ``item_graph_leave_one_out`` a training step's last item and target are built from the
+  graph without that step's own transition, which an unseen step would not have either;
 * three heads read the user state at the last real position:
 
   - ``p_shift``: probability that the next category differs from the current one (sigmoid);
