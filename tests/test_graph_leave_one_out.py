@@ -62,8 +62,8 @@ def test_a_training_step_sees_the_graph_without_its_own_transition(planted):
     last = item_seq.gather(1, (item_seq_len - 1).unsqueeze(1)).squeeze(1)
     checked = 0
     with torch.no_grad():
-        _, left_out, *_ = model._outputs(batch, target=target)
-        _, kept, *_ = model._outputs(batch)
+        _, left_out, _, _ = model._outputs(batch, target=target)
+        _, kept, _, _ = model._outputs(batch)
         for b in range(0, item_seq.size(0), 7):
             j, t = int(last[b]), int(target[b])
             seq = item_seq[b, : int(item_seq_len[b])].tolist()
@@ -73,7 +73,7 @@ def test_a_training_step_sees_the_graph_without_its_own_transition(planted):
             without[j, t] -= 1
             without[t, j] -= 1
             other = _with_graph(model, +without)  # rows j and t change, no other
-            _, want, *_ = other._outputs(batch[b : b + 1])
+            _, want, _, _ = other._outputs(batch[b : b + 1])
             # the user state (through the last item) and the target's score are those of the smaller
             # graph, and so are all other items' scores but the last item's, which keeps the full graph
             columns = torch.ones(model.n_items, dtype=torch.bool)

@@ -54,9 +54,7 @@ explicitly instead of leaving it implicit in one big softmax:
 * with ``transition_window`` every item's score also gets a user-specific weight times
   ``log(1 + P(i | j) / 0.01)`` for each of the last few items ``j``, ``P(i | j)`` being the share of
   the training transitions out of ``j`` that went to ``i`` (FPMC's first-order Markov term beside
-  the learned vectors); in training each step's own transition is left out of the counts;
-* with ``contrastive_weight`` training adds an InfoNCE loss between two encodings of each
-  sequence under different dropout masks (DuoRec's and CL4SRec's contrast of sequence states).
+  the learned vectors); in training each step's own transition is left out of the counts.
 
 Reference:
     Fajie Yuan et al. "A Simple Convolutional Generative Network for Next Item Recommendation"
@@ -71,8 +69,6 @@ Reference:
     Session-based Recommendation" in AAAI 2019 (repeat consumption).
     Steffen Rendle et al. "Factorizing Personalized Markov Chains for Next-Basket
     Recommendation" in WWW 2010 (FPMC: a first-order transition term beside the factorisation).
-    Ruihong Qiu et al. "Contrastive Learning for Representation Degeneration Problem in
-    Sequential Recommendation" in WSDM 2022 (DuoRec: dropout views of the sequence state).
 """
 
 from typing import NamedTuple, Optional
@@ -186,8 +182,6 @@ class InterestShiftCNN(SequentialRecommender):
         self.loss_type = config["loss_type"]
         self.transition_window = config["transition_window"] or 0
         self.transition_neighbours = config["transition_neighbours"]
-        self.contrastive_weight = config["contrastive_weight"] or 0.0
-        self.contrastive_temperature = config["contrastive_temperature"]
         self._check_hyper_parameters()
 
         # optional input features, each used only when the dataset has it
@@ -313,14 +307,6 @@ class InterestShiftCNN(SequentialRecommender):
         ):
             raise ValueError(
                 f"InterestShiftCNN: transition_neighbours must be an integer >= 1, got {self.transition_neighbours!r}"
-            )
-        if not self.contrastive_weight >= 0:
-            raise ValueError(
-                f"InterestShiftCNN: contrastive_weight must be a number >= 0 (0 = off), got {self.contrastive_weight!r}"
-            )
-        if self.contrastive_weight and not (self.contrastive_temperature or 0) > 0:
-            raise ValueError(
-                f"InterestShiftCNN: contrastive_temperature must be a number > 0, got {self.contrastive_temperature!r}"
             )
         if self.loss_type != "CE":
             raise ValueError(
@@ -556,17 +542,12 @@ class InterestShiftCNN(SequentialRecommender):
             x = block(x, block_rows)
         return self.output_norm(x)[last_rows]  # each sequence's last row
 
-    def _encode(self, interaction, item_table, last_vectors=None, copies=1):
-        """(item_seq, item_seq_len, user states [copies * B, D]): ``copies`` > 1 encodes the batch
-        that many times over in one pass, each copy under its own dropout masks."""
+    def _encode(self, interaction, item_table, last_vectors=None):
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         behavior_seq = interaction[self.BEHAVIOR_SEQ] if self.use_behavior else None
         time_seq = interaction[self.TIME_SEQ] if self.use_time else None
-        inputs = (item_seq, item_seq_len, behavior_seq, time_seq, last_vectors)
-        if copies > 1:
-            inputs = tuple(None if x is None else x.repeat(copies, *[1] * (x.dim() - 1)) for x in inputs)
-        seq_output = self.forward(*inputs[:4], item_table, inputs[4])
+        seq_output = self.forward(item_seq, item_seq_len, behavior_seq, time_seq, item_table, last_vectors)
         return item_seq, item_seq_len, seq_output
 
     def _repeat_bonus(self, head, seq_output, id_seq, item_seq_len, scores):
@@ -672,28 +653,22 @@ class InterestShiftCNN(SequentialRecommender):
         return F.logsigmoid(repeat_logit), F.logsigmoid(-repeat_logit), log_position
 
     def _outputs(self, interaction, target=None):
-        """One encoder pass and the terms of both modes: (item_seq, scores, migration, repeat, views).
+        """One encoder pass and the terms of both modes: (item_seq, scores, migration, repeat).
         The item table is built once for the input, the scores and the repeat mode. ``target``:
         the training targets, which ``mask_history_items`` leaves unmasked and
-        ``item_graph_leave_one_out`` scores without their own transition; with
-        ``contrastive_weight`` they also get ``views``, the user states and a second encoding of
-        the same sequences under other dropout masks (else None)."""
-        last_vectors = target_vectors = views = None
-        if target is not None and self.item_graph_weight and self.item_graph_leave_one_out:
+        ``item_graph_leave_one_out`` scores without their own transition."""
+        if target is None or not (self.item_graph_weight and self.item_graph_leave_one_out):
+            item_table = self._item_representations()
+            item_seq, item_seq_len, seq_output = self._encode(interaction, item_table)
+            scores = self._item_scores(seq_output, item_table)
+        else:
             own, neighbours = self._item_parts()
             item_table = own + self.item_graph_weight * neighbours
             item_seq_len = interaction[self.ITEM_SEQ_LEN]
             previous = interaction[self.ITEM_SEQ].gather(1, (item_seq_len - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
             last_vectors, target_vectors = self._without_own_transition(own, neighbours, previous, target)
-        else:
-            item_table = self._item_representations()
-        copies = 2 if target is not None and self.contrastive_weight else 1
-        item_seq, item_seq_len, seq_output = self._encode(interaction, item_table, last_vectors, copies)
-        if copies > 1:
-            views = seq_output.chunk(2)
-            seq_output = views[0]
-        scores = self._item_scores(seq_output, item_table)
-        if target_vectors is not None:
+            item_seq, item_seq_len, seq_output = self._encode(interaction, item_table, last_vectors)
+            scores = self._item_scores(seq_output, item_table)
             target_scores = self._pair_scores(seq_output, target_vectors, target)
             scores = scores.scatter(1, target.unsqueeze(1), target_scores.unsqueeze(1))
         if self.transition_window:
@@ -705,11 +680,11 @@ class InterestShiftCNN(SequentialRecommender):
         if self.repeat_mixture:
             behavior_seq = interaction[self.BEHAVIOR_SEQ] if self.use_behavior else None
             repeat = self._repeat_mode(seq_output, item_seq, item_seq_len, behavior_seq, item_table)
-        return item_seq, scores, migration, repeat, views
+        return item_seq, scores, migration, repeat
 
     def _log_probs(self, interaction):
         """log P(item) for every item [B, n_items], plus the migration under the whole model."""
-        item_seq, scores, migration, repeat, _ = self._outputs(interaction)
+        item_seq, scores, migration, repeat = self._outputs(interaction)
         if migration is None:
             log_probs = F.log_softmax(scores, dim=1)
         else:  # log P(c_i) + log P(i | c_i)
@@ -752,7 +727,7 @@ class InterestShiftCNN(SequentialRecommender):
         """Negative log-likelihood of the target under the mixture, computed for the target only
         (no [B, n_items] mixture is built), plus the auxiliary migration losses."""
         pos_items = interaction[self.POS_ITEM_ID]
-        item_seq, scores, migration, repeat, views = self._outputs(interaction, target=pos_items)
+        item_seq, scores, migration, repeat = self._outputs(interaction, target=pos_items)
         if migration is None:
             log_p = -F.cross_entropy(scores, pos_items, reduction="none")
         else:  # log P(c) + log P(i | c) of the target
@@ -768,8 +743,6 @@ class InterestShiftCNN(SequentialRecommender):
             log_repeat_target = log_position.masked_fill(item_seq != pos_items.unsqueeze(1), _MASKED).logsumexp(1)
             log_p = torch.logaddexp(log_repeat + log_repeat_target, log_explore + log_p)
         loss = -log_p.mean()
-        if views is not None:
-            loss = loss + self.contrastive_weight * self._contrastive_loss(*views, pos_items)
         if migration is None:
             return loss
         shifted = (target_cat != migration.current).float()
@@ -777,20 +750,6 @@ class InterestShiftCNN(SequentialRecommender):
         cat_loss = (F.cross_entropy(migration.q_logits, target_cat, reduction="none") * shifted).sum()
         cat_loss = cat_loss / shifted.sum().clamp(min=1.0)
         return loss + self.lambda_cat * cat_loss + self.lambda_shift * shift_loss
-
-    def _contrastive_loss(self, state, view, target):
-        """InfoNCE between two encodings of each sequence under different dropout masks: each user
-        state has to pick out its own second view among the batch's, both ways (DuoRec's and
-        CL4SRec's sequence-level contrast, with dropout as the augmentation). Sequences with the
-        same target are not one another's negatives. Why: without categories the model peaks on
-        Amazon Beauty after one or two epochs and then overfits; this regularises the state."""
-        state, view = F.normalize(state, dim=-1), F.normalize(view, dim=-1)
-        logits = state @ view.t() / self.contrastive_temperature  # [B, B]
-        same_target = target.unsqueeze(0) == target.unsqueeze(1)
-        own = torch.eye(target.size(0), dtype=torch.bool, device=target.device)
-        logits = logits.masked_fill(same_target & ~own, _MASKED)
-        labels = torch.arange(target.size(0), device=target.device)
-        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
 
     def predict(self, interaction):
         test_item = interaction[self.ITEM_ID]
