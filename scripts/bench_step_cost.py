@@ -35,6 +35,11 @@ def parse_args():
         "--base-config", nargs="*", default=[],
         help="YAML files read before the dataset's own (e.g. recbole_configs/datasets/taobao.yaml for taobao-novel)",
     )
+    parser.add_argument(
+        "--protocol", choices=["repeats", "novel"], default=None,
+        help="set exclude_seen_items as this protocol of compare does (novel: InterestShiftCNN then masks the "
+             "history in training too); the data are --dataset's own. Default: the YAML files as they are",
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
@@ -52,12 +57,15 @@ def build(label: str, model_name: str, args):
     from interest_migration.compat import get_model_class
     from interest_migration.configs import config_files_for
 
+    from interest_migration.benchmark.protocols import get_protocol
+
     model_class = get_model_class(model_name)
+    protocol = get_protocol(args.protocol).config() if args.protocol else {}
     config = Config(
         model=model_class,
         dataset=args.dataset,
         config_file_list=_with_base(config_files_for(label, args.dataset, CONFIG_DIR), args.base_config),
-        config_dict={"data_path": args.data_path, "show_progress": False},
+        config_dict={"data_path": args.data_path, "show_progress": False, **protocol},
     )
     init_seed(config["seed"], config["reproducibility"])
     train_data, _, _ = data_preparation(config, create_dataset(config))
@@ -103,8 +111,8 @@ def main() -> int:
 
     base = statistics.median(timings[next(iter(built))])
     lines = [
-        f"{args.dataset}: CPU time per training step (median of {args.rounds} rounds of {args.steps} steps, "
-        f"{args.threads} thread(s))",
+        f"{args.dataset}{f' ({args.protocol})' if args.protocol else ''}: CPU time per training step "
+        f"(median of {args.rounds} rounds of {args.steps} steps, {args.threads} thread(s))",
         "",
         "| model | CPU ms/step | steps/epoch | CPU s/epoch | relative |",
         "|---|---:|---:|---:|---:|",
