@@ -21,6 +21,8 @@ from pathlib import Path
 
 from bench_report import emit  # scripts/bench_report.py
 
+from interest_migration.benchmark.protocols import PROTOCOLS
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "recbole_configs"
 
@@ -36,7 +38,7 @@ def parse_args():
         help="YAML files read before the dataset's own (e.g. recbole_configs/datasets/taobao.yaml for taobao-novel)",
     )
     parser.add_argument(
-        "--protocol", choices=["repeats", "novel"], default=None,
+        "--protocol", choices=sorted(PROTOCOLS), default=None,
         help="set exclude_seen_items as this protocol of compare does (novel: InterestShiftCNN then masks the "
              "history in training too); the data are --dataset's own. Default: the YAML files as they are",
     )
@@ -57,10 +59,8 @@ def build(label: str, model_name: str, args):
     from interest_migration.compat import get_model_class
     from interest_migration.configs import config_files_for
 
-    from interest_migration.benchmark.protocols import get_protocol
-
     model_class = get_model_class(model_name)
-    protocol = get_protocol(args.protocol).config() if args.protocol else {}
+    protocol = PROTOCOLS[args.protocol].config() if args.protocol else {}
     config = Config(
         model=model_class,
         dataset=args.dataset,

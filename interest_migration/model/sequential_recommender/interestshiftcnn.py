@@ -657,18 +657,18 @@ class InterestShiftCNN(SequentialRecommender):
         The item table is built once for the input, the scores and the repeat mode. ``target``:
         the training targets, which ``mask_history_items`` leaves unmasked and
         ``item_graph_leave_one_out`` scores without their own transition."""
-        if target is None or not (self.item_graph_weight and self.item_graph_leave_one_out):
-            item_table = self._item_representations()
-            item_seq, item_seq_len, seq_output = self._encode(interaction, item_table)
-            scores = self._item_scores(seq_output, item_table)
-        else:
+        last_vectors = target_vectors = None
+        if target is not None and self.item_graph_weight and self.item_graph_leave_one_out:
             own, neighbours = self._item_parts()
             item_table = own + self.item_graph_weight * neighbours
             item_seq_len = interaction[self.ITEM_SEQ_LEN]
             previous = interaction[self.ITEM_SEQ].gather(1, (item_seq_len - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
             last_vectors, target_vectors = self._without_own_transition(own, neighbours, previous, target)
-            item_seq, item_seq_len, seq_output = self._encode(interaction, item_table, last_vectors)
-            scores = self._item_scores(seq_output, item_table)
+        else:
+            item_table = self._item_representations()
+        item_seq, item_seq_len, seq_output = self._encode(interaction, item_table, last_vectors)
+        scores = self._item_scores(seq_output, item_table)
+        if target_vectors is not None:
             target_scores = self._pair_scores(seq_output, target_vectors, target)
             scores = scores.scatter(1, target.unsqueeze(1), target_scores.unsqueeze(1))
         if self.transition_window:
