@@ -525,3 +525,46 @@ def test_masked_training_loss_is_the_likelihood_of_the_target_even_when_seen(pla
     fresh = batch[~revisit]
     expected = torch.nn.functional.nll_loss(model.full_sort_predict(fresh), fresh[model.POS_ITEM_ID])
     assert torch.allclose(model.calculate_loss(fresh), expected, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def repeat_time_model(planted):
+    from recbole.config import Config
+
+    config = Config(
+        model="InterestShiftCNN", dataset="planted", config_dict=planted_config(planted["root"], repeat_time_gap=True)
+    )
+    torch.manual_seed(0)
+    return InterestShiftCNN(config, planted["train"].dataset).eval()
+
+
+def test_repeat_time_gap_scores_occurrences_by_how_long_ago(planted, repeat_time_model):
+    """With ``repeat_time_gap`` the repeat mode reads the log2-bucketed time from each occurrence
+    to the last event; a head favouring "no time passed" puts R(i) on the items seen at the last
+    event's time, and the training loss stays the mixture's likelihood of the target."""
+    model, batch = repeat_time_model, _batch(planted, n=8)
+    assert model.repeat_time_gap and model.use_time
+    seq, length, times = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN], batch[model.TIME_SEQ]
+    last_time = times.gather(1, (length - 1).unsqueeze(1))
+    for b in range(len(batch)):  # the buckets, by hand
+        for p in range(int(length[b])):
+            gap = float(last_time[b, 0] - times[b, p])
+            expected = min(1 + int(torch.floor(torch.log2(torch.tensor(1.0 + gap)))), model.time_buckets - 1)
+            assert int(model._elapsed_buckets(times, length)[b, p]) == expected
+
+    model.lambda_cat = model.lambda_shift = 0.0
+    full = model.full_sort_predict(batch)
+    expected = torch.nn.functional.nll_loss(full, batch[model.POS_ITEM_ID])
+    assert torch.allclose(model.calculate_loss(batch), expected, atol=1e-5)
+
+    torch.nn.init.constant_(model.p_repeat_head.bias, 20.0)
+    for weight in (model.p_repeat_head.weight, model.item_embedding.weight, model.repeat_position_head.weight,
+                   model.repeat_position_head.bias, model.repeat_behavior.weight, model.repeat_time_head.weight):
+        torch.nn.init.zeros_(weight)
+    bias = torch.zeros(model.time_buckets)
+    bias[1] = 30.0
+    model.repeat_time_head.bias.data.copy_(bias)
+    top = model.full_sort_predict(batch).argmax(1)
+    at_last_time = (seq == top.unsqueeze(1)) & (times == last_time)
+    positions = torch.arange(seq.size(1)).unsqueeze(0)
+    assert torch.all((at_last_time & (positions < length.unsqueeze(1))).any(1))
