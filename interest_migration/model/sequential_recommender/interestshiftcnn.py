@@ -26,8 +26,7 @@ explicitly instead of leaving it implicit in one big softmax:
   - a *repeat mode*, because shoppers return to what they saw (two in three next items of the
     Taobao head are already in the history): ``p_repeat``, and ``R(i)``, a softmax over the
     positions of the sequence summed per item, each occurrence scored by its recency, its
-    behaviour type and its match with the user state (with ``repeat_time_gap`` also by how long
-    ago it was, in log2-bucketed seconds).
+    behaviour type and its match with the user state.
 
 * where ranking excludes the items a user has seen (``exclude_seen_items``, the ``novel``
   protocol), the item softmax leaves out the input sequence's items in training too
@@ -261,9 +260,6 @@ class InterestShiftCNN(SequentialRecommender):
             self.repeat_position_head = nn.Linear(self.embedding_size, self.repeat_buckets)
             if self.use_behavior:
                 self.repeat_behavior = nn.Embedding(dataset.num(self.BEHAVIOR_FIELD), 1, padding_idx=0)
-            self.repeat_time_gap = bool(config["repeat_time_gap"]) and self.use_time
-            if self.repeat_time_gap:
-                self.repeat_time_head = nn.Linear(self.embedding_size, self.time_buckets)
 
         if self.transition_window:
             self.transition_head = nn.Linear(self.embedding_size, self.transition_window)
@@ -638,14 +634,7 @@ class InterestShiftCNN(SequentialRecommender):
         cat_sum = torch.zeros_like(cat_max).scatter_add(1, index, (scores - cat_max.gather(1, index)).exp())
         return cat_sum.clamp(min=torch.finfo(scores.dtype).tiny).log() + cat_max
 
-    def _elapsed_buckets(self, timestamps, item_seq_len):
-        """log2-bucketed time from each event to the sequence's last event [B, L] (1 = the last
-        event itself or no time passed; buckets as in ``_time_gap_buckets``, padding clamped)."""
-        last = timestamps.gather(1, (item_seq_len - 1).unsqueeze(1))
-        buckets = 1 + torch.floor(torch.log2(1.0 + (last - timestamps).clamp(min=0))).long()
-        return buckets.clamp(0, self.time_buckets - 1)
-
-    def _repeat_mode(self, seq_output, item_seq, item_seq_len, behavior_seq, item_table, time_seq=None):
+    def _repeat_mode(self, seq_output, item_seq, item_seq_len, behavior_seq, item_table):
         """(log p_repeat [B], log(1 - p_repeat) [B], log softmax over positions [B, L]).
 
         P(i | repeat) is a softmax over the positions of the sequence, summed per item: each
@@ -659,9 +648,6 @@ class InterestShiftCNN(SequentialRecommender):
         logits = logits + (self._embed_items(item_seq, item_table) * seq_output.unsqueeze(1)).sum(-1)
         if self.use_behavior and behavior_seq is not None:
             logits = logits + self.repeat_behavior(behavior_seq).squeeze(-1)
-        if self.repeat_time_gap and time_seq is not None:  # how long ago, besides how many events ago
-            elapsed = self._elapsed_buckets(time_seq, item_seq_len)
-            logits = logits + self.repeat_time_head(seq_output).gather(1, elapsed)
         log_position = F.log_softmax(logits.masked_fill(recency < 0, _MASKED), dim=1)
         repeat_logit = self.p_repeat_head(seq_output).squeeze(-1)
         return F.logsigmoid(repeat_logit), F.logsigmoid(-repeat_logit), log_position
@@ -693,8 +679,7 @@ class InterestShiftCNN(SequentialRecommender):
         repeat = None
         if self.repeat_mixture:
             behavior_seq = interaction[self.BEHAVIOR_SEQ] if self.use_behavior else None
-            time_seq = interaction[self.TIME_SEQ] if self.repeat_time_gap else None
-            repeat = self._repeat_mode(seq_output, item_seq, item_seq_len, behavior_seq, item_table, time_seq)
+            repeat = self._repeat_mode(seq_output, item_seq, item_seq_len, behavior_seq, item_table)
         return item_seq, scores, migration, repeat
 
     def _log_probs(self, interaction):
