@@ -29,27 +29,43 @@ def planted(tmp_path_factory):
             "model": model}
 
 
-def _training_pairs(planted):
-    """(previous, next) item pair counts of the training split's steps, and each previous item's total."""
+def _training_pairs(planted, span=1):
+    """(earlier, next) item pair counts of the training split's steps, the earlier item any of the
+    ``span`` items before the target, and each earlier item's total."""
     feat = planted["train"].dataset.inter_feat
     pairs, degree = Counter(), Counter()
     for seq, length, target in zip(feat["item_id_list"], feat["item_length"], feat["item_id"]):
-        previous = int(seq[int(length) - 1])
-        if previous and previous != int(target):
-            pairs[previous, int(target)] += 1
-            degree[previous] += 1
+        for back in range(1, span + 1):
+            if int(length) - back < 0:
+                continue
+            previous = int(seq[int(length) - back])
+            if previous and previous != int(target):
+                pairs[previous, int(target)] += 1
+                degree[previous] += 1
     return pairs, degree
 
 
-def test_table_counts_the_training_transitions_and_nothing_else(planted):
-    model = planted["model"]
-    pairs, degree = _training_pairs(planted)
+def _span_model(planted, span):
+    from recbole.config import Config
+
+    config = Config(model="InterestShiftCNN", dataset="planted",
+                    config_dict=planted_config(planted["root"], transition_window=2, transition_span=span))
+    return InterestShiftCNN(config, planted["train"].dataset)
+
+
+def _table(model):
     table = Counter()
     for item in range(model.n_items):
         for nxt, count in zip(model.transition_next[item].tolist(), model.transition_counts[item].tolist()):
             if count:
                 table[item, nxt] = int(count)
-    assert table == pairs  # the planted data have fewer next items per item than the table keeps
+    return table
+
+
+def test_table_counts_the_training_transitions_and_nothing_else(planted):
+    model = planted["model"]
+    pairs, degree = _training_pairs(planted)
+    assert _table(model) == pairs  # the planted data have fewer next items per item than the table keeps
     assert model.transition_degree.tolist() == [degree[i] for i in range(model.n_items)]
 
     # the validation and test steps are not in it: their last transitions are not all training ones
@@ -110,6 +126,50 @@ def test_a_training_step_does_not_see_its_own_transition(planted):
     assert checked > 10
 
 
+def test_span_counts_every_item_within_it_as_a_transition(planted):
+    model = _span_model(planted, span=2)
+    pairs, degree = _training_pairs(planted, span=2)
+    assert _table(model) == pairs
+    assert pairs != _training_pairs(planted)[0]  # the span adds pairs: the check is not the span-1 one
+    assert model.transition_degree.tolist() == [degree[i] for i in range(model.n_items)]
+    # the item graph stays the graph of consecutive items
+    torch.testing.assert_close(model.item_graph_weights, planted["model"].item_graph_weights)
+
+
+def test_a_training_step_with_a_span_does_not_see_any_of_its_own_transitions(planted):
+    """With span 2 a step's target is in the counts of both of its last two items (once per time
+    each occurs among them); in training all of those are taken out, for both steps back."""
+    model = _span_model(planted, span=2)
+    pairs, degree = _training_pairs(planted, span=2)
+    with torch.no_grad():
+        model.transition_head.weight.zero_()
+        model.transition_head.bias.copy_(torch.tensor([1.0, 0.5]))
+    checked = 0
+    for interaction in planted["train"]:
+        item_seq, item_seq_len, target = interaction["item_id_list"], interaction["item_length"], interaction["item_id"]
+        state = torch.zeros(item_seq.size(0), model.embedding_size)
+        got = model._transition_scores(state, item_seq, item_seq_len, torch.zeros(item_seq.size(0), model.n_items),
+                                       target=target)
+        for b in range(item_seq.size(0)):
+            length, t = int(item_seq_len[b]), int(target[b])
+            recent = [int(item_seq[b, length - k]) for k in (1, 2) if length - k >= 0]
+            want = torch.zeros(model.n_items)
+            for back, weight in ((0, 1.0), (1, 0.5)):
+                if length - 1 - back < 0:
+                    continue
+                j = int(item_seq[b, length - 1 - back])
+                own = recent.count(j) if j != t else 0
+                for i in range(1, model.n_items):
+                    count = pairs[j, i] - own * (i == t)
+                    if count:
+                        want[i] += weight * torch.log1p(torch.tensor(count / (degree[j] - own) / FLOOR))
+            torch.testing.assert_close(got[b], want)
+            checked += 1
+        if checked >= 200:
+            break
+    assert checked >= 200
+
+
 def test_transition_term_learns_and_runs_through_run_recbole(tmp_path):
     from recbole.quick_start import run_recbole
 
@@ -123,7 +183,8 @@ def test_transition_term_learns_and_runs_through_run_recbole(tmp_path):
 
 @pytest.mark.parametrize(
     "override, message",
-    [({"transition_window": -1}, "transition_window must be"), ({"transition_neighbours": 0}, "transition_neighbours")],
+    [({"transition_window": -1}, "transition_window must be"), ({"transition_neighbours": 0}, "transition_neighbours"),
+     ({"transition_span": 0}, "transition_span must be")],
 )
 def test_bad_transition_settings_are_clear_errors(planted, override, message):
     from recbole.config import Config
@@ -146,8 +207,8 @@ def test_bad_transition_settings_are_clear_errors(planted, override, message):
 def test_table_keeps_the_most_frequent_next_items_and_counts_all(previous, following, neighbours, counts, degree):
     from types import SimpleNamespace
 
-    model = SimpleNamespace(n_items=5, transition_neighbours=2)
-    model._training_transitions = lambda dataset: (torch.tensor(previous, dtype=torch.long),
+    model = SimpleNamespace(n_items=5, transition_neighbours=2, transition_span=1)
+    model._training_transitions = lambda dataset, span: (torch.tensor(previous, dtype=torch.long),
                                                    torch.tensor(following, dtype=torch.long))
     model._count_pairs = lambda src, dst: InterestShiftCNN._count_pairs(model, src, dst)
     got_neighbours, got_counts, got_degree = InterestShiftCNN._transition_table(model, None)

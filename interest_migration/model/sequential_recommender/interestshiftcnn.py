@@ -54,7 +54,9 @@ explicitly instead of leaving it implicit in one big softmax:
 * with ``transition_window`` every item's score also gets a user-specific weight times
   ``log(1 + P(i | j) / 0.01)`` for each of the last few items ``j``, ``P(i | j)`` being the share of
   the training transitions out of ``j`` that went to ``i`` (FPMC's first-order Markov term beside
-  the learned vectors); in training each step's own transition is left out of the counts.
+  the learned vectors); in training each step's own transition is left out of the counts. With
+  ``transition_span`` K > 1 a transition out of ``j`` is any item within K steps after it, which
+  smooths the sparse next-item counts of short histories.
 
 Reference:
     Fajie Yuan et al. "A Simple Convolutional Generative Network for Next Item Recommendation"
@@ -182,6 +184,7 @@ class InterestShiftCNN(SequentialRecommender):
         self.loss_type = config["loss_type"]
         self.transition_window = config["transition_window"] or 0
         self.transition_neighbours = config["transition_neighbours"]
+        self.transition_span = config["transition_span"]
         self._check_hyper_parameters()
 
         # optional input features, each used only when the dataset has it
@@ -308,6 +311,10 @@ class InterestShiftCNN(SequentialRecommender):
             raise ValueError(
                 f"InterestShiftCNN: transition_neighbours must be an integer >= 1, got {self.transition_neighbours!r}"
             )
+        if self.transition_window and not (isinstance(self.transition_span, int) and self.transition_span >= 1):
+            raise ValueError(
+                f"InterestShiftCNN: transition_span must be an integer >= 1, got {self.transition_span!r}"
+            )
         if self.loss_type != "CE":
             raise ValueError(
                 f"InterestShiftCNN: loss_type={self.loss_type!r} is not supported; it is trained with the "
@@ -342,15 +349,20 @@ class InterestShiftCNN(SequentialRecommender):
         item2cat[item_feat[dataset.iid_field]] = categories.long()
         return item2cat, dataset.num(field)
 
-    def _training_transitions(self, dataset):
-        """(previous item, next item) of every training step whose two items differ: RecBole gives
-        a model its training split, one row per step, so no validation or test transition is here."""
+    def _training_transitions(self, dataset, span: int = 1):
+        """(earlier item, next item) of every training step whose two items differ, the earlier item
+        being any of the ``span`` items before the step's target: RecBole gives a model its
+        training split, one row per step, so no validation or test transition is here."""
         feat = dataset.inter_feat
         length = feat[self.ITEM_SEQ_LEN]
-        previous = feat[self.ITEM_SEQ].gather(1, (length - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
         target = feat[self.ITEM_ID]
-        keep = (length > 0) & (previous > 0) & (previous != target)
-        return previous[keep], target[keep]
+        pairs = []
+        for back in range(1, span + 1):
+            position = length - back
+            previous = feat[self.ITEM_SEQ].gather(1, position.clamp(min=0).unsqueeze(1)).squeeze(1)
+            keep = (position >= 0) & (previous > 0) & (previous != target)
+            pairs.append((previous[keep], target[keep]))
+        return torch.cat([p for p, _ in pairs]), torch.cat([t for _, t in pairs])
 
     def _transition_graph(self, dataset):
         """Item graph of the training data's consecutive interactions, both directions, each row
@@ -370,10 +382,10 @@ class InterestShiftCNN(SequentialRecommender):
         return indices, values, torch.zeros(self.n_items).index_add_(0, indices[0], values)
 
     def _transition_table(self, dataset):
-        """Where shoppers went next from each item, in the training data: the ``transition_neighbours``
-        most frequent next items [n_items, M] (0 = none), their counts [n_items, M] and every item's
+        """Where shoppers went next from each item (within ``transition_span`` steps), in the training
+        data: the ``transition_neighbours`` most frequent next items [n_items, M] (0 = none), their counts [n_items, M] and every item's
         number of outgoing transitions [n_items] (all of them, not only the M kept)."""
-        (src, dst), values, degree = self._count_pairs(*self._training_transitions(dataset))
+        (src, dst), values, degree = self._count_pairs(*self._training_transitions(dataset, self.transition_span))
         # rows in item order, each row's next items most frequent first (two stable sorts)
         order = torch.argsort(-values, stable=True)
         order = order[torch.argsort(src[order], stable=True)]
@@ -394,9 +406,10 @@ class InterestShiftCNN(SequentialRecommender):
         one to matrix factorisation), which remembers item-to-item transitions that low-rank
         vectors smooth away.
 
-        ``target``: in training, each step's own transition (last item -> target) is left out of
-        the counts, as it would be absent for an unseen step; without this the model learns to
-        trust the transitions far more than they deserve on validation and test data.
+        ``target``: in training, each step's own transitions (each of its last ``transition_span``
+        items -> target) are left out of the counts, as they would be absent for an unseen step;
+        without this the model learns to trust the transitions far more than they deserve on
+        validation and test data.
         """
         steps_back = torch.arange(self.transition_window, device=item_seq.device)
         position = item_seq_len.unsqueeze(1) - 1 - steps_back  # [B, W]
@@ -405,9 +418,13 @@ class InterestShiftCNN(SequentialRecommender):
         counts = self.transition_counts[items]
         degree = self.transition_degree[items]  # [B, W]
         if target is not None:
-            own = (steps_back == 0) & (items != target.unsqueeze(1)) & (items > 0)  # [B, W]
-            counts = counts - (own.unsqueeze(2) & (neighbours == target.view(-1, 1, 1))).float()
-            degree = degree - own.float()
+            # how many of the step's own pairs (item within the span -> target) each row j holds
+            back = item_seq_len.unsqueeze(1) - 1 - torch.arange(self.transition_span, device=item_seq.device)
+            recent = item_seq.gather(1, back.clamp(min=0)).masked_fill(back < 0, 0)  # [B, K]
+            counted = (items > 0) & (items != target.unsqueeze(1))  # [B, W]
+            own = (items.unsqueeze(2) == recent.unsqueeze(1)).sum(2) * counted  # [B, W]
+            counts = counts - own.unsqueeze(2) * (neighbours == target.view(-1, 1, 1))
+            degree = degree - own
         p_next = counts / degree.clamp(min=1).unsqueeze(2)
         weight = self.transition_head(seq_output)  # [B, W]
         bonus = weight.unsqueeze(2) * torch.log1p(p_next / _TRANSITION_FLOOR)
