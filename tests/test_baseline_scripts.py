@@ -1,4 +1,4 @@
-"""scripts/repeat_ceiling.py on planted sequences whose re-visits follow a rule recency cannot see."""
+"""scripts/repeat_ceiling.py and scripts/transition_baseline.py on planted data whose rule only the right ranking sees."""
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +78,35 @@ def test_history_rankings_by_hand():
     assert decayed_frequency(history, 0.8) == ["b", "a", "c"]
     assert decayed_frequency(history, 0.5) == ["b", "c", "a"]  # a: 0.25 + 0.0625 < c: 0.5
     assert decayed_frequency(["a", "b"], 1.0) == ["b", "a"]  # equal counts: the most recent first
+
+
+def test_transition_baseline_finds_the_item_two_steps_back_only_with_a_span(tmp_path):
+    """Triples (a, noise, partner of a): the target is fixed by the item two steps back, which a
+    first-order table (span 1) never links to it and a span of 2 does."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for user in range(100):
+        step = 0
+        for _ in range(5):
+            a = int(rng.integers(20))
+            for item in (f"a{a}", f"r{rng.integers(300)}", f"b{a}"):
+                rows.append((f"u{user}", item, 1_000 + step))
+                step += 1
+    (tmp_path / "triples").mkdir()
+    pd.DataFrame(rows, columns=["user_id:token", "item_id:token", "timestamp:float"]).to_csv(
+        tmp_path / "triples" / "triples.inter", sep="\t", index=False)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "transition_baseline.py"), "--dataset", "triples",
+         "--data-path", str(tmp_path), "--spans", "1", "2", "--weights", "1", "1", "--keep-seen"],
+        capture_output=True, text=True, check=True,
+    )
+    rows = {}
+    for line in result.stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 4 and cells[0].isdigit():
+            rows[int(cells[0]), int(cells[1].split()[0])] = (float(cells[2]), float(cells[3]))
+    assert set(rows) == {(1, 1), (1, 2), (2, 1), (2, 2)}
+    assert rows[2, 2][1] >= 0.8, rows  # test targets: the partner of the item two back
+    assert max(rows[1, 1][1], rows[1, 2][1]) <= 0.3, rows
