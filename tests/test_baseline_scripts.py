@@ -1,4 +1,5 @@
 """scripts/repeat_ceiling.py and scripts/transition_baseline.py on planted data whose rule only the right ranking sees."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,10 +43,12 @@ def _table(stdout: str) -> dict[str, list[float]]:
 def test_learned_reranker_finds_the_rule_that_recency_misses(tmp_path):
     _write(tmp_path)
     out = tmp_path / "ceiling.md"
+    # one OpenMP thread: scikit-learn's threads spin-wait, and on a busy 2-core machine two of them
+    # can take minutes over what takes seconds alone
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--dataset", "planted", "--data-path", str(tmp_path),
          "--decays", "0.8", "--learned", "--out", str(out)],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert "60 users; test target already in the last 50 events: 100.0%" in result.stdout
     table = _table(result.stdout)
