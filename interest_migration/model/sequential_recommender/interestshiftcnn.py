@@ -383,8 +383,9 @@ class InterestShiftCNN(SequentialRecommender):
 
     def _transition_table(self, dataset):
         """Where shoppers went next from each item (within ``transition_span`` steps), in the training
-        data: the ``transition_neighbours`` most frequent next items [n_items, M] (0 = none), their counts [n_items, M] and every item's
-        number of outgoing transitions [n_items] (all of them, not only the M kept)."""
+        data: the ``transition_neighbours`` most frequent next items [n_items, M] (0 = none), their
+        counts [n_items, M] and every item's number of outgoing transitions [n_items] (all of them,
+        not only the M kept)."""
         (src, dst), values, degree = self._count_pairs(*self._training_transitions(dataset, self.transition_span))
         # rows in item order, each row's next items most frequent first (two stable sorts)
         order = torch.argsort(-values, stable=True)
