@@ -354,15 +354,16 @@ class InterestShiftCNN(SequentialRecommender):
         being any of the ``span`` items before the step's target: RecBole gives a model its
         training split, one row per step, so no validation or test transition is here."""
         feat = dataset.inter_feat
-        length = feat[self.ITEM_SEQ_LEN]
-        target = feat[self.ITEM_ID]
-        pairs = []
-        for back in range(1, span + 1):
-            position = length - back
-            previous = feat[self.ITEM_SEQ].gather(1, position.clamp(min=0).unsqueeze(1)).squeeze(1)
-            keep = (position >= 0) & (previous > 0) & (previous != target)
-            pairs.append((previous[keep], target[keep]))
-        return torch.cat([p for p, _ in pairs]), torch.cat([t for _, t in pairs])
+        earlier = self._last_items(feat[self.ITEM_SEQ], feat[self.ITEM_SEQ_LEN], span).t()  # [span, N]
+        target = feat[self.ITEM_ID].expand_as(earlier)
+        keep = (earlier > 0) & (earlier != target)
+        return earlier[keep], target[keep]
+
+    @staticmethod
+    def _last_items(item_seq, item_seq_len, n: int):
+        """The last ``n`` items of each sequence, the most recent first [B, n]; 0 where it is shorter."""
+        position = item_seq_len.unsqueeze(1) - 1 - torch.arange(n, device=item_seq.device)
+        return item_seq.gather(1, position.clamp(min=0)).masked_fill(position < 0, 0)
 
     def _transition_graph(self, dataset):
         """Item graph of the training data's consecutive interactions, both directions, each row
@@ -412,16 +413,13 @@ class InterestShiftCNN(SequentialRecommender):
         without this the model learns to trust the transitions far more than they deserve on
         validation and test data.
         """
-        steps_back = torch.arange(self.transition_window, device=item_seq.device)
-        position = item_seq_len.unsqueeze(1) - 1 - steps_back  # [B, W]
-        items = item_seq.gather(1, position.clamp(min=0)).masked_fill(position < 0, 0)
+        items = self._last_items(item_seq, item_seq_len, self.transition_window)  # [B, W]
         neighbours = self.transition_next[items]  # [B, W, M]
         counts = self.transition_counts[items]
         degree = self.transition_degree[items]  # [B, W]
         if target is not None:
             # how many of the step's own pairs (item within the span -> target) each row j holds
-            back = item_seq_len.unsqueeze(1) - 1 - torch.arange(self.transition_span, device=item_seq.device)
-            recent = item_seq.gather(1, back.clamp(min=0)).masked_fill(back < 0, 0)  # [B, K]
+            recent = self._last_items(item_seq, item_seq_len, self.transition_span)  # [B, K]
             counted = (items > 0) & (items != target.unsqueeze(1))  # [B, W]
             own = (items.unsqueeze(2) == recent.unsqueeze(1)).sum(2) * counted  # [B, W]
             counts = counts - own.unsqueeze(2) * (neighbours == target.view(-1, 1, 1))
