@@ -8,9 +8,10 @@ ranks, for every user, only the distinct items of their last ``--max-len`` event
 * decayed frequency: the sum of ``decay ** age`` over the item's occurrences (age 0 = last event),
 * with ``--learned``, a gradient-boosted classifier (scikit-learn) of "is this past item the next
   one", trained on the steps of the training split (those before each user's validation target)
-  whose target is in the history, settings chosen on validation, from hand-made features of the item in the history: recency, counts, decayed counts,
-  behaviour types, time since its last occurrence, its category against the last item's and the
-  history's, its popularity in the training split.
+  whose target is in the history, settings chosen on validation, from hand-made features of the
+  item in the history: recency, counts, decayed counts, behaviour types, time since its last
+  occurrence, its category against the last item's and the history's, its popularity in the
+  training split.
 
 and reports NDCG@10 on the validation and test targets, and on test split by whether the target is
 in that history (a ranking of the history scores 0 on the others). A learned model that does not
