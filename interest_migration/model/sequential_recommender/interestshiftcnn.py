@@ -609,7 +609,7 @@ class InterestShiftCNN(SequentialRecommender):
     def _migration(self, seq_output, item_seq, item_seq_len, scores):
         """The migration mode's terms (:class:`Migration`). With ``migration_gate`` its P(c) also
         weighs each category by the items' own score mass in it (see ``_gated_category``)."""
-        current = self.item2cat[item_seq.gather(1, (item_seq_len - 1).unsqueeze(1)).squeeze(1)]
+        current = self.item2cat[self._last_items(item_seq, item_seq_len, 1).squeeze(1)]
         shift_logit = self.shift_head(seq_output).squeeze(-1)
         # shoppers often migrate *back*: categories already in the sequence get a recency bonus
         q_logits = seq_output @ self.category_embedding.weight.t() + self.category_bias
@@ -678,7 +678,7 @@ class InterestShiftCNN(SequentialRecommender):
             own, neighbours = self._item_parts()
             item_table = own + self.item_graph_weight * neighbours
             item_seq_len = interaction[self.ITEM_SEQ_LEN]
-            previous = interaction[self.ITEM_SEQ].gather(1, (item_seq_len - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+            previous = self._last_items(interaction[self.ITEM_SEQ], item_seq_len, 1).squeeze(1)
             last_vectors, target_vectors = self._without_own_transition(own, neighbours, previous, target)
         else:
             item_table = self._item_representations()
