@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from recbole.config import Config
 
+from interest_migration.utils.cli import add_trust_checkpoint_argument
+
 SAFE_FORMAT = "interest_migration.safe/1"
 
 #: Config values RecBole derives in ``Config.__init__``; stored values would clash with the derivation.
@@ -411,11 +413,7 @@ def convert(src, out=None, *, trust_pickle: bool = False, data_path=None) -> Pat
 def configure_parser(parser):
     parser.add_argument("--checkpoint", required=True, help="a RecBole checkpoint (saved/<Model>-<date>.pth)")
     parser.add_argument("--out", default=None, help="the safe checkpoint to write (default: <checkpoint>.safe.pth)")
-    parser.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="allow unpickling the RecBole checkpoint (it can run code): only for files you made yourself",
-    )
+    add_trust_checkpoint_argument(parser)
     parser.add_argument("--data-path", default=None, help="folder holding the dataset, if it moved (safe input only)")
 
 

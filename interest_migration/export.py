@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from interest_migration.utils.cli import add_trust_checkpoint_argument
+
 logger = logging.getLogger(__name__)
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -473,11 +475,7 @@ def configure_parser(parser):
     parser.add_argument("--batch-size", type=int, default=256, help="users scored at once (memory: batch x items)")
     parser.add_argument("--skipped", default=None, help="side file of users not exported (default: <out>.skipped.csv)")
     parser.add_argument("--data-path", default=None, help="folder holding the dataset, if it moved")
-    parser.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="allow a RecBole pickle checkpoint (loading it can run code): only for files you made yourself",
-    )
+    add_trust_checkpoint_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

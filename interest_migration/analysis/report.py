@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from interest_migration.analysis import drift, transitions
 from interest_migration.analysis.shift_points import ShiftPointDetector
 from interest_migration.analysis.timelines import DEFAULT_CATEGORY_FIELD, Timelines, load_atomic
+from interest_migration.utils.cli import add_trust_checkpoint_argument
 from interest_migration.utils.io import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -271,8 +272,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-segment", type=int, default=ShiftPointDetector.min_segment, help="shortest segment, in events")
     parser.add_argument("--checkpoint", help="InterestShiftCNN checkpoint (safe, or RecBole's with --trust-checkpoint): "
                                              "adds the p_shift calibration")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="allow a RecBole pickle checkpoint (it can run code); see convert-checkpoint")
+    add_trust_checkpoint_argument(parser)
     parser.add_argument("--checkpoint-data-path", help="data_path for a safe checkpoint whose dataset has moved")
     parser.add_argument("--split", default="test", choices=["test", "valid"], help="split scored for calibration")
 

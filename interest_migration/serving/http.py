@@ -30,6 +30,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 
+from interest_migration.utils.cli import add_trust_checkpoint_argument
+
 logger = logging.getLogger(__name__)
 
 EVENT_KEYS = frozenset({"user", "item", "behavior", "ts"})
@@ -437,11 +439,7 @@ def configure_parser(parser):
         help="group: fsync (shared by concurrent requests) before acknowledging; none: flush to the OS only",
     )
     parser.add_argument("--data-path", default=None, help="folder holding the dataset, if it moved")
-    parser.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="allow a RecBole pickle checkpoint (it can run code): only for files you made yourself",
-    )
+    add_trust_checkpoint_argument(parser)
     parser.add_argument("--threads", type=_positive_int, default=1, help="torch threads for scoring (default: 1)")
     parser.add_argument("--max-batch", type=_positive_int, default=64, help="largest micro-batch of recommendations")
     parser.add_argument(
