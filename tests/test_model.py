@@ -499,6 +499,30 @@ def test_history_masking_follows_exclude_seen_items_unless_set(planted):
     assert _masked_model(planted, mask_history_items=True).mask_history
 
 
+def test_history_is_masked_where_no_training_target_repeats_an_input_item(planted, tmp_path):
+    """Without re-visits in training (the planted log with each user's first interaction with
+    each item only) the item softmax leaves the history out although ranking does not."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+
+    from interest_migration.benchmark.protocols import get_protocol, prepare_dataset
+
+    model = _model(planted)
+    feat = planted["train"].dataset.inter_feat
+    assert (feat[model.ITEM_SEQ] == feat[model.ITEM_ID].unsqueeze(1)).any()  # the planted log repeats
+    assert not model.mask_history
+    novel = prepare_dataset("planted", get_protocol("novel"), planted["root"], tmp_path)
+    config_dict = {**planted_config(novel["data_path"], name=novel["dataset"]), "exclude_seen_items": False}
+    config = Config(model="InterestShiftCNN", dataset=novel["dataset"], config_dict=config_dict)
+    train, _, _ = data_preparation(config, create_dataset(config))
+    feat = train.dataset.inter_feat
+    assert not (feat[model.ITEM_SEQ] == feat[model.ITEM_ID].unsqueeze(1)).any()
+    assert InterestShiftCNN(config, train.dataset).mask_history
+    config_dict["mask_history_items"] = False
+    config = Config(model="InterestShiftCNN", dataset=novel["dataset"], config_dict=config_dict)
+    assert not InterestShiftCNN(config, train.dataset).mask_history
+
+
 def test_masked_history_gets_no_migration_mass_and_the_rest_sums_to_one(planted):
     model, batch = _masked_model(planted, mask_history_items=True), _batch(planted)
     torch.nn.init.constant_(model.p_repeat_head.bias, -40.0)  # the migration mode alone

@@ -31,7 +31,9 @@ explicitly instead of leaving it implicit in one big softmax:
 * where ranking excludes the items a user has seen (``exclude_seen_items``, the ``novel``
   protocol), the item softmax leaves out the input sequence's items in training too
   (``mask_history_items``): the model is trained on the candidate set it is ranked on, instead of
-  spending its scores on pushing down items that can never be recommended;
+  spending its scores on pushing down items that can never be recommended. It does the same where
+  no training target repeats an input item (RepeatNet's explore mode over new items): re-visits
+  then get their probability from the repeat mode alone, which learns how rare they are;
 * an item's preference score is the dot product of the user state and the item's vector, or
   their cosine over ``score_temperature`` (as in CORE), which overfits Amazon Beauty less;
 * items are scored from the predicted migration, mixed with the repeat mode:
@@ -180,7 +182,9 @@ class InterestShiftCNN(SequentialRecommender):
         self.item_graph_leave_one_out = bool(config["item_graph_leave_one_out"])
         self.migration_gate = bool(config["migration_gate"])
         mask_history = config["mask_history_items"]
-        self.mask_history = bool(config["exclude_seen_items"] if mask_history is None else mask_history)
+        if mask_history is None:  # follow the ranking, or the data where it never repeats
+            mask_history = config["exclude_seen_items"] or not self._targets_repeat(dataset)
+        self.mask_history = bool(mask_history)
         self.loss_type = config["loss_type"]
         self.transition_window = config["transition_window"] or 0
         self.transition_neighbours = config["transition_neighbours"]
@@ -358,6 +362,14 @@ class InterestShiftCNN(SequentialRecommender):
         target = feat[self.ITEM_ID].expand_as(earlier)
         keep = (earlier > 0) & (earlier != target)
         return earlier[keep], target[keep]
+
+    def _targets_repeat(self, dataset) -> bool:
+        """Whether any training step's target is among its input items. Where none is (a log of
+        reviews or ratings, each item once per user), nothing in training could teach the item
+        softmax about re-visits, so it leaves the history out as under ``novel``; the repeat mode
+        still learns how rare re-visits are."""
+        feat = dataset.inter_feat
+        return bool((feat[self.ITEM_SEQ] == feat[self.ITEM_ID].unsqueeze(1)).any())
 
     @staticmethod
     def _last_items(item_seq, item_seq_len, n: int):
