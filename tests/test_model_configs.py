@@ -22,15 +22,21 @@ def _keys(path: Path) -> set:
     return set(yaml.safe_load(path.read_text()) or {})
 
 
+# every model reads these: RecBole's overall and dataset properties, read once for all files
+GENERAL_KEYS = set().union(
+    _keys(RECBOLE_PROPERTIES / "overall.yaml"),
+    *(_keys(path) for path in (RECBOLE_PROPERTIES / "dataset").glob("*.yaml")),
+    CONFIGURATOR_KEYS,
+    {"model_class"},
+)
+
+
 def _known_keys(model: str) -> set:
     own = OUR_PROPERTIES / f"{model}.yaml"
     if not own.is_file():
         own = RECBOLE_PROPERTIES / "model" / f"{model}.yaml"
     assert own.is_file(), f"no default properties for model {model!r}"
-    general = _keys(RECBOLE_PROPERTIES / "overall.yaml")
-    for path in (RECBOLE_PROPERTIES / "dataset").glob("*.yaml"):
-        general |= _keys(path)
-    return _keys(own) | general | CONFIGURATOR_KEYS | {"model_class"}
+    return _keys(own) | GENERAL_KEYS
 
 
 def test_there_are_model_configs():
