@@ -536,6 +536,33 @@ def test_masked_history_gets_no_migration_mass_and_the_rest_sums_to_one(planted)
     assert not torch.allclose(unmasked[seen], probs[seen])  # without the mask the history has mass
 
 
+def test_a_category_whose_items_are_all_masked_gets_no_mass(planted):
+    """When the history holds every item of the current category, staying has no candidate left:
+    its share must go to the other categories, not back to the masked items."""
+    model, batch = _masked_model(planted, mask_history_items=True), _batch(planted, n=64)
+    torch.nn.init.constant_(model.p_repeat_head.bias, -40.0)  # the migration mode alone
+    item_seq, seq_len = batch[model.ITEM_SEQ].clone(), batch[model.ITEM_SEQ_LEN]
+    rows = torch.nonzero(seq_len >= 8).squeeze(1)
+    assert len(rows) > 8
+    for row in rows.tolist():  # the last eight events: all eight items of the last item's category
+        category = model.item2cat[item_seq[row, seq_len[row] - 1]]
+        members = torch.nonzero(model.item2cat == category).squeeze(1)
+        assert len(members) == 8
+        item_seq[row, seq_len[row] - 8 : seq_len[row]] = members[torch.randperm(8)]
+    batch = batch[rows]
+    batch.update(type(batch)({model.ITEM_SEQ: item_seq[rows]}))
+    probs = model.full_sort_predict(batch).exp()
+    seen = torch.zeros_like(probs, dtype=torch.bool).scatter(1, batch[model.ITEM_SEQ], True)
+    seen[:, 0] = False
+    assert torch.all(probs[seen] < 1e-12)
+    assert torch.allclose(probs[:, 1:].sum(1), torch.ones(len(batch)), atol=1e-4)
+    assert torch.all(model.predict_migration(batch)["p_shift"] > 1 - 1e-6)  # nothing left to stay with
+    batch.update(type(batch)({model.POS_ITEM_ID: probs.argmax(1)}))  # targets outside the history
+    model.lambda_cat = model.lambda_shift = 0.0
+    expected = torch.nn.functional.nll_loss(model.full_sort_predict(batch), batch[model.POS_ITEM_ID])
+    assert torch.allclose(model.calculate_loss(batch), expected, atol=1e-5)  # training normalises alike
+
+
 def test_masked_training_loss_is_the_likelihood_of_the_target_even_when_seen(planted):
     """The loss spares the target, so a re-visited target keeps a finite likelihood; on other
     targets it is the negative log-likelihood of what full_sort_predict ranks."""

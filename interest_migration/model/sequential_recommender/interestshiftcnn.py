@@ -618,9 +618,32 @@ class InterestShiftCNN(SequentialRecommender):
             masked = masked.scatter(1, target, scores.gather(1, target))
         return masked
 
-    def _migration(self, seq_output, item_seq, item_seq_len, scores):
+    def _categories_left(self, item_seq, target=None):
+        """[B, C]: whether each category keeps an item outside the masked history (``target``, which
+        ``_mask_history`` spares, counts as outside).
+
+        Why: a category whose items are all masked has no candidate left, yet the migration mode
+        would still give it P(c), and P(i | c) over all-masked scores hands that share back to the
+        masked items (P(c) / n each): they would be ranked again under ``repeats``, and in training
+        the share is lost to every target. On the Taobao head half of the 393 categories hold one
+        item, and for a fifth of the test users every item of the current category is in the history.
+        """
+        items = item_seq.sort(dim=1).values
+        first = torch.ones_like(items, dtype=torch.bool)
+        first[:, 1:] = items[:, 1:] != items[:, :-1]  # count each distinct item once
+        counted = first & (items != 0)
+        if target is not None:
+            counted &= items != target.unsqueeze(1)
+        masked = torch.zeros(items.size(0), self.n_categories, device=items.device, dtype=torch.long)
+        masked = masked.scatter_add(1, self.item2cat[items], counted.long())
+        size = self.category_size - F.one_hot(self.item2cat[0], self.n_categories)  # not the padding item
+        return masked < size
+
+    def _migration(self, seq_output, item_seq, item_seq_len, scores, left=None):
         """The migration mode's terms (:class:`Migration`). With ``migration_gate`` its P(c) also
-        weighs each category by the items' own score mass in it (see ``_gated_category``)."""
+        weighs each category by the items' own score mass in it (see ``_gated_category``). ``left``
+        [B, C] (see ``_categories_left``): P(c) only over the categories that still have candidates,
+        staying included (P(stay) goes to shifting where the current category has none left)."""
         current = self.item2cat[self._last_items(item_seq, item_seq_len, 1).squeeze(1)]
         shift_logit = self.shift_head(seq_output).squeeze(-1)
         # shoppers often migrate *back*: categories already in the sequence get a recency bonus
@@ -628,10 +651,12 @@ class InterestShiftCNN(SequentialRecommender):
         q_logits = self._repeat_bonus(
             self.category_repeat_head, seq_output, self.item2cat[item_seq], item_seq_len, q_logits
         )
-        q_logits = q_logits.masked_fill(~self.category_has_items, _MASKED)
+        q_logits = q_logits.masked_fill(~self.category_has_items if left is None else ~left, _MASKED)
         q_logits = q_logits.scatter(1, current.unsqueeze(1), _MASKED)  # q is *given a shift*
         log_p_cat = F.logsigmoid(shift_logit).unsqueeze(1) + F.log_softmax(q_logits, dim=1)
         log_p_cat = log_p_cat.scatter(1, current.unsqueeze(1), F.logsigmoid(-shift_logit).unsqueeze(1))
+        if left is not None:
+            log_p_cat = F.log_softmax(log_p_cat.masked_fill(~left, _MASKED), dim=1)
         migration = Migration(shift_logit, log_p_cat, q_logits, current)
         return self._gated_category(seq_output, scores, migration) if self.migration_gate else migration
 
@@ -701,9 +726,11 @@ class InterestShiftCNN(SequentialRecommender):
             scores = scores.scatter(1, target.unsqueeze(1), target_scores.unsqueeze(1))
         if self.transition_window:
             scores = self._transition_scores(seq_output, item_seq, item_seq_len, scores, target)
+        left = None
         if self.mask_history:
             scores = self._mask_history(scores, item_seq, target)
-        migration = self._migration(seq_output, item_seq, item_seq_len, scores) if self.use_category else None
+            left = self._categories_left(item_seq, target) if self.use_category else None
+        migration = self._migration(seq_output, item_seq, item_seq_len, scores, left) if self.use_category else None
         repeat = None
         if self.repeat_mixture:
             behavior_seq = interaction[self.BEHAVIOR_SEQ] if self.use_behavior else None
