@@ -17,6 +17,12 @@ and reports NDCG@10 on the validation and test targets, and on test split by whe
 in that history (a ranking of the history scores 0 on the others). A learned model that does not
 beat these on repeat targets has learned nothing about re-visits beyond them.
 
+With ``--new-items`` (per-user files ``<run>.users.csv`` that ``compare`` writes, averaged over
+the files given, e.g. one per seed, of a model that ranks only items outside the history) it also
+reports what a recommender would score if it knew in advance which targets are re-visits: each
+history ranking on those, the model's per-user NDCG@10 on the others. No model knows that, so
+this is an upper bound on combining the two.
+
     python scripts/repeat_ceiling.py --dataset taobao --data-path datasets --learned
 """
 from __future__ import annotations
@@ -41,6 +47,8 @@ def parse_args():
     parser.add_argument("--decays", type=float, nargs="+", default=[0.5, 0.7, 0.8, 0.9, 1.0])
     parser.add_argument("--learned", action="store_true", help="add the gradient-boosted re-ranker of the history")
     parser.add_argument("--seed", type=int, default=2020, help="seed of the re-ranker")
+    parser.add_argument("--new-items", nargs="+", type=Path, default=[], metavar="USERS_CSV",
+                        help="per-user NDCG@10 files (compare's *.users.csv) of a model ranking new items only")
     parser.add_argument("--out", default=None, help="write the Markdown table here too")
     return parser.parse_args()
 
@@ -49,6 +57,7 @@ def parse_args():
 class Sequence:
     """One user's events in time order (RecBole's ``order: TO``, ties kept in file order)."""
 
+    user: str
     items: list
     times: np.ndarray
     behaviours: list | None
@@ -68,9 +77,9 @@ def read_sequences(folder: Path, dataset: str) -> tuple[list[Sequence], dict]:
     inter = inter.sort_values(["user_id", "timestamp"], kind="stable")
     has_behaviour = "behavior_type" in inter
     sequences = [
-        Sequence(list(group["item_id"]), group["timestamp"].to_numpy(float),
+        Sequence(user, list(group["item_id"]), group["timestamp"].to_numpy(float),
                  list(group["behavior_type"]) if has_behaviour else None)
-        for _, group in inter.groupby("user_id", sort=False)
+        for user, group in inter.groupby("user_id", sort=False)
         if len(group) >= 3
     ]
     categories = {}
@@ -204,8 +213,38 @@ def main() -> int:
         scores = np.array([ndcg_at_10(r, target) for r, (_, target) in zip(test_ranked, test)])
         lines.append(f"| {name} | {valid_scores.mean():.4f} | {scores.mean():.4f} | "
                      f"{scores[in_history].mean():.4f} | 0 |")
+    if args.new_items:
+        new_scores = new_item_scores(args.new_items, [seq.user for seq in sequences])
+        lines += [
+            "",
+            f"Knowing which test targets are re-visits: the history ranking on those, and on the others the "
+            f"per-user NDCG@10 of {', '.join(path.name for path in args.new_items)} "
+            f"({new_scores[~in_history].mean():.4f} there):",
+            "",
+            "| on re-visit targets | NDCG@10 |",
+            "|---|---:|",
+        ]
+        for name, (_, test_ranked) in rankings.items():
+            scores = np.array([ndcg_at_10(r, target) for r, (_, target) in zip(test_ranked, test)])
+            lines.append(f"| {name} | {np.where(in_history, scores, new_scores).mean():.4f} |")
     emit("\n".join(lines), args.out)
     return 0
+
+
+def new_item_scores(paths: list[Path], users: list[str]) -> np.ndarray:
+    """Per-user test NDCG@10 in ``users``' order, averaged over the files (one per seed)."""
+    columns = []
+    for path in paths:
+        table = pd.read_csv(path, dtype={"user_id": str})
+        for field in ("user_id", "ndcg@10"):
+            if field not in table:
+                raise SystemExit(f"error: {path}: no column {field!r} (expected a compare *.users.csv file)")
+        scores = table.set_index("user_id")["ndcg@10"]
+        missing = [user for user in users if user not in scores.index]
+        if missing:
+            raise SystemExit(f"error: {path}: no row for {len(missing)} test user(s), e.g. {missing[0]!r}")
+        columns.append(scores.loc[users].to_numpy(float))
+    return np.mean(columns, axis=0)
 
 
 if __name__ == "__main__":

@@ -10,17 +10,18 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "repeat_ceiling.py"
 
 
-def _write(folder: Path, n_users: int = 60, blocks: int = 8) -> None:
+def _write(folder: Path, n_users: int = 60, blocks: int = 8, new_last: bool = False) -> None:
     """Each user: X (carted), then blocks of Y, a new item, X; and a last Y. The item two steps back
     in the distinct history always comes next, so recency scores exactly 1/log2(4) = 0.5 on both
-    the validation target (X) and the test target (Y), and a learned ranking can score 1."""
+    the validation target (X) and the test target (Y), and a learned ranking can score 1.
+    ``new_last``: every even user ends with an item of their own instead of Y."""
     rows, items = [], []
     for user in range(n_users):
         x, y = f"x{user}", f"y{user}"
         sequence = [(x, "cart")]
         for block in range(blocks):
             sequence += [(y, "pv"), (f"a{user}_{block}", "pv"), (x, "pv")]
-        sequence.append((y, "pv"))
+        sequence.append((f"n{user}" if new_last and user % 2 == 0 else y, "pv"))
         rows += [(f"u{user}", item, 1_000_000 + 60 * step, behaviour)
                  for step, (item, behaviour) in enumerate(sequence)]
         items += [(item, f"c{len(item) % 5}") for item, _ in sequence]
@@ -67,6 +68,27 @@ def test_missing_column_names_the_file(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode != 0
     assert "bad.inter: no column 'timestamp'" in result.stderr
+
+
+def test_knowing_the_revisits_takes_the_history_ranking_there_and_the_new_item_files_elsewhere(tmp_path):
+    _write(tmp_path, new_last=True)
+    users = [f"u{user}" for user in range(60)]
+    files = []
+    for seed, on_new in ((2020, 1.0), (2021, 0.6)):  # 0.8 on average; the re-visit rows must not count
+        path = tmp_path / f"model-seed{seed}.users.csv"
+        pd.DataFrame({"user_id": users, "ndcg@10": [on_new if u % 2 == 0 else 0.3 for u in range(60)]}).to_csv(
+            path, index=False)
+        files.append(str(path))
+    run = [sys.executable, str(SCRIPT), "--dataset", "planted", "--data-path", str(tmp_path), "--decays", "0.8"]
+    result = subprocess.run([*run, "--new-items", *files], capture_output=True, text=True, check=True)
+    assert "test target already in the last 50 events: 50.0%" in result.stdout
+    after = result.stdout.split("Knowing which test targets are re-visits")[1]
+    assert "(0.8000 there)" in after
+    assert _table(after)["recency"] == [0.5 * 0.5 + 0.5 * 0.8]
+    truncated = pd.read_csv(files[0]).iloc[:-1]
+    truncated.to_csv(files[0], index=False)
+    result = subprocess.run([*run, "--new-items", *files], capture_output=True, text=True)
+    assert result.returncode != 0 and "model-seed2020.users.csv: no row for 1 test user(s), e.g. 'u59'" in result.stderr
 
 
 def test_history_rankings_by_hand():
