@@ -208,9 +208,10 @@ def main() -> int:
         "| ranking of the user's own history | validation NDCG@10 | NDCG@10 | on targets in history | on other targets |",
         "|---|---:|---:|---:|---:|",
     ]
+    test_scores = {}
     for name, (valid_ranked, test_ranked) in rankings.items():
         valid_scores = np.array([ndcg_at_10(r, target) for r, (_, target) in zip(valid_ranked, valid)])
-        scores = np.array([ndcg_at_10(r, target) for r, (_, target) in zip(test_ranked, test)])
+        scores = test_scores[name] = np.array([ndcg_at_10(r, target) for r, (_, target) in zip(test_ranked, test)])
         lines.append(f"| {name} | {valid_scores.mean():.4f} | {scores.mean():.4f} | "
                      f"{scores[in_history].mean():.4f} | 0 |")
     if args.new_items:
@@ -224,8 +225,7 @@ def main() -> int:
             "| on re-visit targets | NDCG@10 |",
             "|---|---:|",
         ]
-        for name, (_, test_ranked) in rankings.items():
-            scores = np.array([ndcg_at_10(r, target) for r, (_, target) in zip(test_ranked, test)])
+        for name, scores in test_scores.items():
             lines.append(f"| {name} | {np.where(in_history, scores, new_scores).mean():.4f} |")
     emit("\n".join(lines), args.out)
     return 0
