@@ -32,9 +32,9 @@ explicitly instead of leaving it implicit in one big softmax:
   protocol), the item softmax leaves out the input sequence's items in training too
   (``mask_history_items``): the model is trained on the candidate set it is ranked on, instead of
   spending its scores on pushing down items that can never be recommended; a category with no
-  item left outside the history gets no P(c) then. It does the same where
-  no training target repeats an input item (RepeatNet's explore mode over new items): re-visits
-  then get their probability from the repeat mode alone, which learns how rare they are;
+  item left outside the history gets no P(c) then. It does the same where no training target
+  repeats an input item (RepeatNet's explore mode over new items): re-visits then get their
+  probability from the repeat mode alone, which learns how rare they are;
 * an item's preference score is the dot product of the user state and the item's vector, or
   their cosine over ``score_temperature`` (as in CORE), which overfits Amazon Beauty less;
 * items are scored from the predicted migration, mixed with the repeat mode:
