@@ -3,7 +3,10 @@
     python scripts/tune.py --dataset taobao --protocol novel --models SASRec GRU4Rec InterestShiftCNN --max-evals 8
 
 Every model gets the same budget: ``--max-evals`` trials drawn at random (hyperopt, seeded) from
-its search space ``recbole_configs/hyper/<model>.hyper`` (RecBole's params-file format). Each
+its search space ``recbole_configs/hyper/<model>.hyper`` (RecBole's params-file format). A model
+variant of ``compare`` (``recbole_configs/models/<label>.yaml`` with ``model_class:``) is tuned
+around its own YAML, in ``hyper/<label>.hyper`` if there is one and otherwise in its model class's
+space, so a variant is offered the same points as the model it varies. Each
 trial is a full ``run_model`` on the protocol's data, with the YAML files ``compare`` uses for that
 protocol (``datasets/<dataset>-<protocol>.yaml`` included), selected on validation NDCG@10; the test
 metrics of every trial are kept so nothing is cherry-picked. Writes
@@ -44,6 +47,7 @@ def main(argv=None) -> int:
     from recbole.trainer import HyperTuning
 
     from interest_migration.benchmark.protocols import get_protocol, prepare_dataset
+    from interest_migration.compare import resolve_models
     from interest_migration.configs import config_files_for
     from interest_migration.experiment import run_model
     from interest_migration.registry import model_code_version
@@ -53,18 +57,23 @@ def main(argv=None) -> int:
     protocol = get_protocol(args.protocol)
     out = Path(args.out) / args.dataset / "tuning"
     data = prepare_dataset(args.dataset, protocol, args.data_path, Path(args.out) / args.dataset / "main" / "data")
-    for model in args.models:
-        space = Path(args.config_dir) / "hyper" / f"{model}.hyper"
+    for model, model_class in resolve_models(args.models, Path(args.config_dir)):
+        spaces = [Path(args.config_dir) / "hyper" / f"{name}.hyper" for name in dict.fromkeys([model, model_class])]
+        space = next((path for path in spaces if path.is_file()), None)
+        if space is None:
+            raise SystemExit(f"error: no search space for {model}: expected {' or '.join(map(str, spaces))}")
         files = config_files_for(model, args.dataset, args.config_dir, args.protocol)
         report_path = out / f"{args.protocol}-{model}.json"
         header = {"dataset": args.dataset, "protocol": args.protocol, "model": model, "space": space.read_text(),
-                  "code": model_code_version(model), "max_evals": args.max_evals, "max_epochs": args.max_epochs,
+                  "code": model_code_version(model_class), "max_evals": args.max_evals, "max_epochs": args.max_epochs,
                   "search": "random (hyperopt), seed " + str(args.seed), "config_files": files}
+        if model_class != model:
+            header["model_class"] = model_class
         done = _finished_trials(report_path, header)
         trials = []
 
-        def objective(config_dict, config_file_list, model=model, header=header, report_path=report_path,
-                      done=done, trials=trials):
+        def objective(config_dict, config_file_list, model_class=model_class, header=header,
+                      report_path=report_path, done=done, trials=trials):
             params = dict(config_dict)
             key = _key(params)
             earlier = done.get(key)
@@ -81,14 +90,14 @@ def main(argv=None) -> int:
                 config = {**protocol.config(), "data_path": data["data_path"], **config_dict}
                 if args.max_epochs:
                     config["epochs"] = args.max_epochs
-                record = run_model(model, data["dataset"], config_file_list, config)
+                record = run_model(model_class, data["dataset"], config_file_list, config)
                 trial = {"params": params, "best_valid": record.best_valid, "test": record.test,
                          "epochs": record.epochs, "seconds_per_epoch": record.seconds_per_epoch}
             trials.append(trial)
             best = max(trials, key=lambda t: t["best_valid"]["ndcg@10"])
             atomic_write_text(report_path, json.dumps({**header, "best": best, "trials": trials}, indent=2,
                                                       default=float))
-            return {"model": model, "best_valid_score": trial["best_valid"]["ndcg@10"], "valid_score_bigger": True,
+            return {"model": model_class, "best_valid_score": trial["best_valid"]["ndcg@10"], "valid_score_bigger": True,
                     "best_valid_result": trial["best_valid"], "test_result": trial["test"]}
 
         tuner = HyperTuning(objective, params_file=str(space), algo="random", max_evals=args.max_evals,

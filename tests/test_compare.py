@@ -233,9 +233,9 @@ def test_a_run_ends_when_the_comparison_that_started_it_is_killed(tmp_path):
         pytest.fail("the run outlived the comparison that started it")
 
 
-def _run_tuning(tmp_path: Path, space: str):
+def _run_tuning(tmp_path: Path, space: str, model: str = "InterestShiftCNN"):
     """scripts/tune.py in a fresh process (as a user runs it) over one InterestShiftCNN search space,
-    two trials of one epoch; returns the command, its environment, the finished process and the report path."""
+    two trials of one epoch of ``model``; returns the finished process and the report path."""
     import os
     import subprocess
     import sys
@@ -245,12 +245,12 @@ def _run_tuning(tmp_path: Path, space: str):
         (_config_dir(tmp_path) / "hyper").mkdir()
     (tmp_path / "cfg" / "hyper" / "InterestShiftCNN.hyper").write_text(space)
     cmd = [sys.executable, str(REPO / "scripts" / "tune.py"), "--dataset", "planted", "--protocol", "novel",
-           "--models", "InterestShiftCNN", "--max-evals", "2", "--max-epochs", "1", "--config-dir",
+           "--models", model, "--max-evals", "2", "--max-epochs", "1", "--config-dir",
            str(tmp_path / "cfg"), "--data-path", str(tmp_path / "datasets"), "--out", str(tmp_path / "results")]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc, tmp_path / "results" / "planted" / "tuning" / "novel-InterestShiftCNN.json"
+    return proc, tmp_path / "results" / "planted" / "tuning" / f"novel-{model}.json"
 
 
 def test_tuning_script_runs_recbole_hypertuning_with_a_fixed_budget(tmp_path):
@@ -283,6 +283,24 @@ def test_tuning_does_not_retrain_a_point_the_search_draws_again(tmp_path):
     trials = json.loads(report_path.read_text())["trials"]
     assert [t.get("repeat", False) for t in trials] == [False, True]
     assert trials[1]["best_valid"] == trials[0]["best_valid"] and trials[1]["test"] == trials[0]["test"]
+
+
+def test_a_model_variant_is_tuned_around_its_own_yaml_in_its_model_class_space(tmp_path):
+    """A compare variant (``model_class:`` in its YAML) is tuned as that class, with the variant's
+    settings and the class's search space, and reported under its own label."""
+    write_planted_dataset(tmp_path / "datasets", n_users=N_USERS)
+    cfg = _config_dir(tmp_path)
+    (cfg / "hyper").mkdir()
+    (cfg / "models" / "InterestShiftCNN-wide.yaml").write_text(
+        yaml.safe_dump({"model_class": "InterestShiftCNN", **TINY_MODEL, "embedding_size": 24}))
+    proc, report_path = _run_tuning(tmp_path, "learning_rate choice [0.001,0.005]\n", "InterestShiftCNN-wide")
+    report = json.loads(report_path.read_text())
+    assert report["model"] == "InterestShiftCNN-wide" and report["model_class"] == "InterestShiftCNN"
+    assert report["space"] == "learning_rate choice [0.001,0.005]\n"
+    assert Path(report["config_files"][-1]).name == "InterestShiftCNN-wide.yaml"
+    assert len(report["trials"]) == 2
+    # the trials built the variant's model: RecBole logs the model, its item embedding included
+    assert "(item_embedding): Embedding(49, 24, padding_idx=0)" in proc.stdout + proc.stderr
 
 
 def test_a_stored_run_is_not_reused_after_its_model_code_changes(tmp_path, monkeypatch):
