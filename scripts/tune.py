@@ -12,10 +12,12 @@ protocol (``datasets/<dataset>-<protocol>.yaml`` included), selected on validati
 metrics of every trial are kept so nothing is cherry-picked. Writes
 ``results/<dataset>/tuning/<protocol>-<model>.json`` after every trial and prints one table per
 model. A point the random search draws again counts as a trial but is not retrained (the runs are
-seeded, so the result would be the same). Resumable: the seeded search draws the same points again, and a point whose trial is already
-in that file (same search space, epochs, config files and model code) is read back instead of trained.
+seeded, so the result would be the same). Resumable: the seeded search draws the same points
+again, and a point whose trial is already in that file (same search space, epochs, config files
+and their contents, and model code) is read back instead of trained.
 """
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -66,7 +68,8 @@ def main(argv=None) -> int:
         report_path = out / f"{args.protocol}-{model}.json"
         header = {"dataset": args.dataset, "protocol": args.protocol, "model": model, "space": space.read_text(),
                   "code": model_code_version(model_class), "max_evals": args.max_evals, "max_epochs": args.max_epochs,
-                  "search": "random (hyperopt), seed " + str(args.seed), "config_files": files}
+                  "search": "random (hyperopt), seed " + str(args.seed), "config_files": files,
+                  "config_digest": _digest(files)}
         if model_class != model:
             header["model_class"] = model_class
         done = _finished_trials(report_path, header)
@@ -111,6 +114,14 @@ def main(argv=None) -> int:
             print(f"  {t['params']}: valid {t['best_valid']['ndcg@10']:.4f}, test {t['test']['ndcg@10']:.4f}, "
                   f"{t['epochs']} epochs")
     return 0
+
+
+def _digest(paths) -> str:
+    """What the config files say, so that a trial is not read back after one of them changed."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _key(params: dict) -> str:

@@ -274,6 +274,13 @@ def test_tuning_script_runs_recbole_hypertuning_with_a_fixed_budget(tmp_path):
     assert "epoch 0 training" not in again.stdout + again.stderr
     assert json.loads(report_path.read_text())["trials"] == report["trials"]
 
+    # a changed config file makes a different search: nothing is read back
+    model_yaml = tmp_path / "cfg" / "models" / "InterestShiftCNN.yaml"
+    model_yaml.write_text(model_yaml.read_text().replace("dropout_prob: 0.0", "dropout_prob: 0.1"))
+    changed, _ = _run_tuning(tmp_path, "learning_rate choice [0.001,0.005]\n")
+    assert "holds a different search" in changed.stdout
+    assert "reusing the finished trial" not in changed.stdout
+
 
 def test_tuning_does_not_retrain_a_point_the_search_draws_again(tmp_path):
     """A one-point space with a budget of two: the second draw repeats the first trial's result."""
