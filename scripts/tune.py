@@ -66,12 +66,10 @@ def main(argv=None) -> int:
             raise SystemExit(f"error: no search space for {model}: expected {' or '.join(map(str, spaces))}")
         files = config_files_for(model, args.dataset, args.config_dir, args.protocol)
         report_path = out / f"{args.protocol}-{model}.json"
-        header = {"dataset": args.dataset, "protocol": args.protocol, "model": model, "space": space.read_text(),
-                  "code": model_code_version(model_class), "max_evals": args.max_evals, "max_epochs": args.max_epochs,
-                  "search": "random (hyperopt), seed " + str(args.seed), "config_files": files,
-                  "config_digest": _digest(files)}
-        if model_class != model:
-            header["model_class"] = model_class
+        header = {"dataset": args.dataset, "protocol": args.protocol, "model": model, "model_class": model_class,
+                  "space": space.read_text(), "code": model_code_version(model_class), "max_evals": args.max_evals,
+                  "max_epochs": args.max_epochs, "search": "random (hyperopt), seed " + str(args.seed),
+                  "config_files": files, "config_digest": _digest(files)}
         done = _finished_trials(report_path, header)
         trials = []
 
