@@ -17,7 +17,6 @@ again, and a point whose trial is already in that file (same search space, epoch
 and their contents, and model code) is read back instead of trained.
 """
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -49,6 +48,7 @@ def main(argv=None) -> int:
     from recbole.trainer import HyperTuning
 
     from interest_migration.benchmark.protocols import get_protocol, prepare_dataset
+    from interest_migration.benchmark.runner import hash_files
     from interest_migration.compare import resolve_models
     from interest_migration.configs import config_files_for
     from interest_migration.experiment import run_model
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         header = {"dataset": args.dataset, "protocol": args.protocol, "model": model, "model_class": model_class,
                   "space": space.read_text(), "code": model_code_version(model_class), "max_evals": args.max_evals,
                   "max_epochs": args.max_epochs, "search": "random (hyperopt), seed " + str(args.seed),
-                  "config_files": files, "config_digest": _digest(files)}
+                  "config_files": files, "config_digest": hash_files(files).hexdigest()[:16]}
         done = _finished_trials(report_path, header)
         trials = []
 
@@ -112,14 +112,6 @@ def main(argv=None) -> int:
             print(f"  {t['params']}: valid {t['best_valid']['ndcg@10']:.4f}, test {t['test']['ndcg@10']:.4f}, "
                   f"{t['epochs']} epochs")
     return 0
-
-
-def _digest(paths) -> str:
-    """What the config files say, so that a trial is not read back after one of them changed."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(Path(path).read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def _key(params: dict) -> str:

@@ -55,9 +55,16 @@ class RunSpec:
         payload = {"model": self.model, "code": model_code_version(self.model), "dataset": self.dataset,
                    "config_dict": self.config_dict, "seed": self.seed}
         digest.update(json.dumps(payload, sort_keys=True, default=str).encode())
-        for path in self.config_files:
-            digest.update(Path(path).read_bytes())
-        return digest.hexdigest()[:16]
+        return hash_files(self.config_files, digest).hexdigest()[:16]
+
+
+def hash_files(paths, digest=None):
+    """Feed the files' contents to ``digest`` (a new sha256 if none): a result depends on what its
+    config files say, not on where they are."""
+    digest = hashlib.sha256() if digest is None else digest
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest
 
 
 def result_paths(runs_dir: Path, spec: RunSpec) -> tuple[Path, Path, Path]:
