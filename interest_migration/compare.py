@@ -25,9 +25,10 @@ ACCEPTS_OVERRIDES = True
 
 OURS = "InterestShiftCNN"
 MODEL_GROUPS = {
-    "all": ["Pop", "ItemKNN", "BPR", "LightGCN", "GRU4Rec", "SASRec", "BERT4Rec", "Caser", "NextItNet", OURS],
+    "all": ["Pop", "ItemKNN", "BPR", "LightGCN", "GRU4Rec", "SASRec", "BERT4Rec", "Caser", "NextItNet", "RepeatNet",
+            OURS],
     "cf": ["Pop", "ItemKNN", "BPR", "LightGCN"],
-    "sequential": ["GRU4Rec", "SASRec", "BERT4Rec", "Caser", "NextItNet", OURS],
+    "sequential": ["GRU4Rec", "SASRec", "BERT4Rec", "Caser", "NextItNet", "RepeatNet", OURS],
     "ablations": [OURS, f"{OURS}-norepeat", f"{OURS}-nocat", f"{OURS}-noaux", f"{OURS}-nobehavior", f"{OURS}-notime"],
 }
 
