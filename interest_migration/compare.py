@@ -24,11 +24,12 @@ from pathlib import Path
 ACCEPTS_OVERRIDES = True
 
 OURS = "InterestShiftCNN"
+CF_MODELS = ["Pop", "ItemKNN", "BPR", "LightGCN"]
+SEQUENTIAL_MODELS = ["GRU4Rec", "SASRec", "BERT4Rec", "Caser", "NextItNet", "RepeatNet", OURS]
 MODEL_GROUPS = {
-    "all": ["Pop", "ItemKNN", "BPR", "LightGCN", "GRU4Rec", "SASRec", "BERT4Rec", "Caser", "NextItNet", "RepeatNet",
-            OURS],
-    "cf": ["Pop", "ItemKNN", "BPR", "LightGCN"],
-    "sequential": ["GRU4Rec", "SASRec", "BERT4Rec", "Caser", "NextItNet", "RepeatNet", OURS],
+    "all": CF_MODELS + SEQUENTIAL_MODELS,
+    "cf": CF_MODELS,
+    "sequential": SEQUENTIAL_MODELS,
     "ablations": [OURS, f"{OURS}-norepeat", f"{OURS}-nocat", f"{OURS}-noaux", f"{OURS}-nobehavior", f"{OURS}-notime"],
 }
 
