@@ -15,6 +15,12 @@ model. A point the random search draws again counts as a trial but is not retrai
 seeded, so the result would be the same). Resumable: the seeded search draws the same points
 again, and a point whose trial is already in that file (same search space, epochs, config files
 and their contents, and model code) is read back instead of trained.
+
+``--jobs N`` trains N trials at once. Random search draws its points without looking at the
+results, so the seeded sequence is drawn first (a pass that trains nothing), its distinct points
+not yet in the file are trained in N processes (``--threads`` threads each) and written to the file
+as each finishes, and the search then runs as above, reading every trial back. The trials, their
+order and the best are those of a run with one job.
 """
 import argparse
 import json
@@ -36,6 +42,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=2020, help="seed of the random search")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1, as compare: fastest when the machine is shared)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="trials trained at once, each in its own process with --threads threads")
     args = parser.parse_args(argv)
     os.environ["HYPEROPT_FMIN_SEED"] = str(args.seed)  # hyperopt 0.2.5 reads its rstate from here
 
@@ -51,7 +59,6 @@ def main(argv=None) -> int:
     from interest_migration.benchmark.runner import hash_files
     from interest_migration.compare import resolve_models
     from interest_migration.configs import config_files_for
-    from interest_migration.experiment import run_model
     from interest_migration.registry import model_code_version
     from interest_migration.utils.io import atomic_write_text
 
@@ -71,6 +78,13 @@ def main(argv=None) -> int:
                   "max_epochs": args.max_epochs, "search": "random (hyperopt), seed " + str(args.seed),
                   "config_files": files, "config_digest": hash_files(files).hexdigest()[:16]}
         done = _finished_trials(report_path, header)
+        base_config = {**protocol.config(), "data_path": data["data_path"],
+                       **({"epochs": args.max_epochs} if args.max_epochs else {})}
+        if args.jobs > 1:
+            points = _drawn_points(HyperTuning, space, files, args.max_evals)
+            todo = [p for p in {_key(p): p for p in points}.values() if _key(p) not in done]
+            _train_in_parallel(todo, args, model_class, data["dataset"], files, base_config, header, report_path,
+                               done)
         trials = []
 
         def objective(config_dict, config_file_list, model_class=model_class, header=header,
@@ -88,12 +102,7 @@ def main(argv=None) -> int:
                 print(f"  the search drew {params} again; its result is repeated, not retrained")
                 trial = {**drawn_before, "repeat": True}
             else:
-                config = {**protocol.config(), "data_path": data["data_path"], **config_dict}
-                if args.max_epochs:
-                    config["epochs"] = args.max_epochs
-                record = run_model(model_class, data["dataset"], config_file_list, config)
-                trial = {"params": params, "best_valid": record.best_valid, "test": record.test,
-                         "epochs": record.epochs, "seconds_per_epoch": record.seconds_per_epoch}
+                trial = _train(model_class, data["dataset"], config_file_list, base_config, params)
             trials.append(trial)
             best = max(trials, key=lambda t: t["best_valid"]["ndcg@10"])
             atomic_write_text(report_path, json.dumps({**header, "best": best, "trials": trials}, indent=2,
@@ -112,6 +121,62 @@ def main(argv=None) -> int:
             print(f"  {t['params']}: valid {t['best_valid']['ndcg@10']:.4f}, test {t['test']['ndcg@10']:.4f}, "
                   f"{t['epochs']} epochs")
     return 0
+
+
+def _train(model_class: str, dataset: str, config_files: list, base_config: dict, params: dict,
+           threads: int | None = None) -> dict:
+    """One trial: a full run at ``params``; ``threads`` is set in a worker process of ``--jobs``."""
+    from interest_migration.experiment import run_model
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(max(threads, 1))
+    config = {**base_config, **params}
+    if "epochs" in base_config:
+        config["epochs"] = base_config["epochs"]  # the cap is part of the budget, not of the search
+    record = run_model(model_class, dataset, config_files, config)
+    return {"params": params, "best_valid": record.best_valid, "test": record.test,
+            "epochs": record.epochs, "seconds_per_epoch": record.seconds_per_epoch}
+
+
+def _drawn_points(hyper_tuning, space: Path, files: list, max_evals: int) -> list[dict]:
+    """The points the seeded random search draws, in order, found by a pass that trains nothing
+    (a rising score, so that the search's no-progress stop does not cut the pass short)."""
+    points = []
+
+    def record(config_dict, config_file_list):
+        points.append(dict(config_dict))
+        return {"model": "", "best_valid_score": float(len(points)), "valid_score_bigger": True,
+                "best_valid_result": {}, "test_result": {}}
+
+    hyper_tuning(record, params_file=str(space), algo="random", max_evals=max_evals,
+                 fixed_config_file_list=files).run()
+    return points
+
+
+def _train_in_parallel(todo: list[dict], args, model_class: str, dataset: str, files: list, base_config: dict,
+                       header: dict, report_path: Path, done: dict) -> None:
+    """Train the points of ``todo`` in ``args.jobs`` processes; each finished trial goes into ``done``
+    and the report file at once, so an interrupted search resumes from it."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from interest_migration.utils.io import atomic_write_text
+
+    if not todo:
+        return
+    print(f"  training {len(todo)} distinct points, {args.jobs} at a time")
+    with ProcessPoolExecutor(min(args.jobs, len(todo)), mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_train, model_class, dataset, files, base_config, params, args.threads): params
+                   for params in todo}
+        for future in as_completed(futures):
+            trial = future.result()
+            done.setdefault(_key(trial["params"]), []).append(trial)
+            finished = [t for ts in done.values() for t in ts]
+            best = max(finished, key=lambda t: t["best_valid"]["ndcg@10"])
+            atomic_write_text(report_path, json.dumps({**header, "best": best, "trials": finished}, indent=2,
+                                                      default=float))
 
 
 def _key(params: dict) -> str:

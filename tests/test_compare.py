@@ -233,7 +233,7 @@ def test_a_run_ends_when_the_comparison_that_started_it_is_killed(tmp_path):
         pytest.fail("the run outlived the comparison that started it")
 
 
-def _run_tuning(tmp_path: Path, space: str, model: str = "InterestShiftCNN"):
+def _run_tuning(tmp_path: Path, space: str, model: str = "InterestShiftCNN", extra: tuple = ()):
     """scripts/tune.py in a fresh process (as a user runs it) over one InterestShiftCNN search space,
     two trials of one epoch of ``model``; returns the finished process and the report path."""
     import os
@@ -246,7 +246,8 @@ def _run_tuning(tmp_path: Path, space: str, model: str = "InterestShiftCNN"):
     (tmp_path / "cfg" / "hyper" / "InterestShiftCNN.hyper").write_text(space)
     cmd = [sys.executable, str(REPO / "scripts" / "tune.py"), "--dataset", "planted", "--protocol", "novel",
            "--models", model, "--max-evals", "2", "--max-epochs", "1", "--config-dir",
-           str(tmp_path / "cfg"), "--data-path", str(tmp_path / "datasets"), "--out", str(tmp_path / "results")]
+           str(tmp_path / "cfg"), "--data-path", str(tmp_path / "datasets"), "--out", str(tmp_path / "results"),
+           *extra]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -280,6 +281,21 @@ def test_tuning_script_runs_recbole_hypertuning_with_a_fixed_budget(tmp_path):
     changed, _ = _run_tuning(tmp_path, "learning_rate choice [0.001,0.005]\n")
     assert "holds a different search" in changed.stdout
     assert "reusing the finished trial" not in changed.stdout
+
+
+def test_tuning_with_jobs_trains_the_drawn_points_at_once_and_finds_what_one_job_finds(tmp_path):
+    """``--jobs 2`` trains the search's two points in two processes before the search runs; the
+    search then reads both back, and the report is the one a single job writes."""
+    space = "learning_rate choice [0.001,0.003,0.005,0.01]\n"  # the seeded search draws 0.001, then 0.005
+    _, serial_path = _run_tuning(tmp_path / "serial", space)
+    proc, parallel_path = _run_tuning(tmp_path / "parallel", space, extra=("--jobs", "2"))
+    assert "training 2 distinct points, 2 at a time" in proc.stdout
+    assert proc.stdout.count("reusing the finished trial") == 2
+    serial, parallel = (json.loads(p.read_text()) for p in (serial_path, parallel_path))
+    fields = ("params", "best_valid", "test", "epochs")
+    assert [{k: t[k] for k in fields} for t in parallel["trials"]] == [{k: t[k] for k in fields} for t in serial["trials"]]
+    assert [t["params"]["learning_rate"] for t in serial["trials"]] == [0.001, 0.005]
+    assert parallel["best"]["params"] == serial["best"]["params"]
 
 
 def test_tuning_does_not_retrain_a_point_the_search_draws_again(tmp_path):
