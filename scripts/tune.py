@@ -125,7 +125,14 @@ def main(argv=None) -> int:
 
 def _train(model_class: str, dataset: str, config_files: list, base_config: dict, params: dict,
            threads: int | None = None) -> dict:
-    """One trial: a full run at ``params``; ``threads`` is set in a worker process of ``--jobs``."""
+    """One trial: a full run at ``params``; ``threads`` is set in a worker process of ``--jobs``.
+
+    The checkpoint goes to a folder of its own, removed after the test: RecBole names it after the
+    model and the second the training started, so trials started in the same second (``--jobs``)
+    would otherwise overwrite each other's best model and be tested on it."""
+    import shutil
+    import tempfile
+
     from interest_migration.experiment import run_model
 
     if threads is not None:
@@ -135,7 +142,13 @@ def _train(model_class: str, dataset: str, config_files: list, base_config: dict
     config = {**base_config, **params}
     if "epochs" in base_config:
         config["epochs"] = base_config["epochs"]  # the cap is part of the budget, not of the search
-    record = run_model(model_class, dataset, config_files, config)
+    saved = Path.cwd() / "saved"
+    saved.mkdir(exist_ok=True)
+    config["checkpoint_dir"] = tempfile.mkdtemp(prefix=f"tune-{model_class}-", dir=saved)
+    try:
+        record = run_model(model_class, dataset, config_files, config)
+    finally:
+        shutil.rmtree(config["checkpoint_dir"], ignore_errors=True)
     return {"params": params, "best_valid": record.best_valid, "test": record.test,
             "epochs": record.epochs, "seconds_per_epoch": record.seconds_per_epoch}
 

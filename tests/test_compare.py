@@ -1,5 +1,6 @@
 """The ``compare`` command on a tiny planted dataset: outputs, resuming, a crashing model, masking."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -296,6 +297,12 @@ def test_tuning_with_jobs_trains_the_drawn_points_at_once_and_finds_what_one_job
     assert [{k: t[k] for k in fields} for t in parallel["trials"]] == [{k: t[k] for k in fields} for t in serial["trials"]]
     assert [t["params"]["learning_rate"] for t in serial["trials"]] == [0.001, 0.005]
     assert parallel["best"]["params"] == serial["best"]["params"]
+    # RecBole names a checkpoint after the second its training started: trials started together
+    # must not share a folder, or one is tested on the other's model; the folders are removed
+    saved = re.findall(r"Saving current: (\S+)", proc.stdout + proc.stderr)
+    folders = {Path(path).parent for path in saved}
+    assert len(folders) == 2 and all(folder.parent.name == "saved" for folder in folders)
+    assert not any(folder.exists() for folder in folders)
 
 
 def test_tuning_does_not_retrain_a_point_the_search_draws_again(tmp_path):
