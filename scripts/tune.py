@@ -60,7 +60,6 @@ def main(argv=None) -> int:
     from interest_migration.compare import resolve_models
     from interest_migration.configs import config_files_for
     from interest_migration.registry import model_code_version
-    from interest_migration.utils.io import atomic_write_text
 
     torch.set_num_threads(max(args.threads, 1))
     protocol = get_protocol(args.protocol)
@@ -104,9 +103,7 @@ def main(argv=None) -> int:
             else:
                 trial = _train(model_class, data["dataset"], config_file_list, base_config, params)
             trials.append(trial)
-            best = max(trials, key=lambda t: t["best_valid"]["ndcg@10"])
-            atomic_write_text(report_path, json.dumps({**header, "best": best, "trials": trials}, indent=2,
-                                                      default=float))
+            _write_report(report_path, header, trials)
             return {"model": model_class, "best_valid_score": trial["best_valid"]["ndcg@10"], "valid_score_bigger": True,
                     "best_valid_result": trial["best_valid"], "test_result": trial["test"]}
 
@@ -175,8 +172,6 @@ def _train_in_parallel(todo: list[dict], args, model_class: str, dataset: str, f
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    from interest_migration.utils.io import atomic_write_text
-
     if not todo:
         return
     print(f"  training {len(todo)} distinct points, {args.jobs} at a time")
@@ -186,10 +181,15 @@ def _train_in_parallel(todo: list[dict], args, model_class: str, dataset: str, f
         for future in as_completed(futures):
             trial = future.result()
             done.setdefault(_key(trial["params"]), []).append(trial)
-            finished = [t for ts in done.values() for t in ts]
-            best = max(finished, key=lambda t: t["best_valid"]["ndcg@10"])
-            atomic_write_text(report_path, json.dumps({**header, "best": best, "trials": finished}, indent=2,
-                                                      default=float))
+            _write_report(report_path, header, [t for ts in done.values() for t in ts])
+
+
+def _write_report(report_path: Path, header: dict, trials: list[dict]) -> None:
+    """The search's file: its header, every trial so far and the best of them by validation."""
+    from interest_migration.utils.io import atomic_write_text
+
+    best = max(trials, key=lambda t: t["best_valid"]["ndcg@10"])
+    atomic_write_text(report_path, json.dumps({**header, "best": best, "trials": trials}, indent=2, default=float))
 
 
 def _key(params: dict) -> str:
